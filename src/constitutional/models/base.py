@@ -1,0 +1,69 @@
+"""The LanguageModel protocol — the only door to a model — and the types that cross it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Message = dict[str, str]
+# A prompt is raw text (pretrained style, "\n\nHuman: ...\n\nAssistant:") or chat messages.
+Prompt = str | list[Message]
+
+HUMAN_TURN = "\n\nHuman:"
+
+
+class SamplingParams(BaseModel):
+    """Generation settings; recorded verbatim in every record a stage writes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int = Field(default=128, ge=1, description="Upper bound on generated tokens per answer.")
+    temperature: float = Field(default=0.7, ge=0.0, description="0 means greedy decoding.")
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    # Models of ~100M parameters loop on a phrase within a few dozen tokens without these two.
+    repetition_penalty: float = Field(default=1.2, ge=1.0)
+    no_repeat_ngram_size: int = Field(default=4, ge=0, description="0 turns the n-gram block off.")
+    stop: list[str] = Field(
+        default_factory=lambda: [HUMAN_TURN, "\nHuman:", "\nUser:"],
+        description="Text after which an answer is cut (the next turn a base model invents).",
+    )
+    seed: int | None = Field(default=None, description="Sampling seed; set per call by the stages for resumability.")
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """Anything that can generate text and score choices. Backends batch internally."""
+
+    name: str
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[str]:
+        """One completion per prompt, cut at the first stop sequence."""
+        ...
+
+    def choice_logprobs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> list[list[float]]:
+        """Summed log-probability of each choice continuing each prompt: result[i][j] for prompt i, choice j."""
+        ...
+
+
+def render_transcript(messages: Sequence[Message]) -> str:
+    """Messages as the pretrained-model transcript of the CAI paper, ending with an open Assistant turn."""
+    parts = []
+    for message in messages:
+        speaker = "Assistant" if message["role"] == "assistant" else "Human"
+        if message["role"] == "system":
+            parts.append(message["content"].strip())
+            continue
+        parts.append(f"{speaker}: {message['content'].strip()}")
+    return "\n\n" + "\n\n".join(parts) + "\n\nAssistant:"
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """Truncate at the earliest stop sequence and trim whitespace."""
+    cut = len(text)
+    for marker in stop:
+        index = text.find(marker)
+        if index != -1:
+            cut = min(cut, index)
+    return text[:cut].strip()

@@ -1,0 +1,174 @@
+"""SL-CAI: answer red-team prompts, critique each answer under a randomly drawn principle, revise, repeat.
+
+All prompts of a chunk advance one step together, so every step is one batched call to the model. A chunk
+is also the unit of durability: its records are written when its last step finishes, so a kill loses at
+most the chunk in flight and a rerun redoes only what is missing.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from constitutional.constitution import Constitution
+from constitutional.models.base import LanguageModel, SamplingParams
+from constitutional.progress import progress_bar
+from constitutional.prompts import critique_prompt, demonstration_turns, revision_prompt
+from constitutional.records import PromptRecord, RevisionStep, SLRecord
+from constitutional.sources import load_prompts
+from constitutional.store import RunStore
+
+STAGE = "sl_generate"
+
+
+class SLConfig(BaseModel):
+    """The critique -> revision stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    red_team_prompts: str = Field(default="builtin:red-team", description="Path or builtin:NAME of red-team prompts.")
+    helpful_prompts: str | None = Field(
+        default="builtin:helpful", description="Prompts answered plainly, to mix into SFT; null for none."
+    )
+    prompt_column: str = Field(default="prompt", description="Column or field holding the prompt text.")
+    max_prompts: int | None = Field(default=None, ge=1, description="Use only the first N prompts of each set.")
+    max_prompt_chars: int = Field(default=2000, ge=1, description="Longer prompts are skipped with a reason.")
+    num_revisions: int = Field(default=4, ge=1, description="Critique -> revision steps per prompt.")
+    num_principles: int | None = Field(
+        default=None, ge=1, description="Draw from only this many principles (chosen by seed); null for all."
+    )
+    critique: bool = Field(default=True, description="False revises directly, without writing a critique first.")
+    num_demonstrations: int = Field(default=2, ge=0, description="Few-shot demonstrations before each request.")
+    chunk_size: int = Field(default=32, ge=1, description="Prompts advanced together; the unit of resume.")
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+
+
+def _rng(seed: int, prompt_id: str, purpose: str) -> random.Random:
+    """A generator per prompt, so draws do not depend on chunking or on what a resumed run skipped."""
+    return random.Random(f"{seed}:{prompt_id}:{purpose}")
+
+
+def revise(
+    policy: LanguageModel,
+    constitution: Constitution,
+    prompts: Sequence[PromptRecord],
+    config: SLConfig,
+    seed: int,
+    on_generated=lambda count: None,
+) -> list[SLRecord]:
+    """Run the whole critique -> revision loop for a chunk of prompts, one batched call per step."""
+    principles = {p.id: p for p in constitution.critique_revision}
+    rngs = [_rng(seed, p.id, "principles") for p in prompts]
+    params = config.sampling.model_copy(update={"seed": seed})
+    conversations = [p.messages for p in prompts]
+    current = policy.generate(conversations, params)
+    on_generated(len(prompts))
+    initial = list(current)
+    steps: list[list[RevisionStep]] = [[] for _ in prompts]
+    for step_number in range(config.num_revisions):
+        drawn = [rng.choice(constitution.critique_revision) for rng in rngs]
+        prefixes = [
+            demonstration_turns(
+                rng.sample(
+                    constitution.demonstrations.critique_revision,
+                    min(config.num_demonstrations, len(constitution.demonstrations.critique_revision)),
+                ),
+                principles,
+                with_critique=config.critique,
+            )
+            for rng in rngs
+        ]
+        step_params = params.model_copy(update={"seed": seed + 1000 * (step_number + 1)})
+        critiques: list[str | None] = [None] * len(prompts)
+        if config.critique:
+            critiques = policy.generate(
+                [critique_prompt(*args) for args in zip(prefixes, conversations, current, drawn, strict=True)],
+                step_params,
+            )
+            on_generated(len(prompts))
+        revisions = policy.generate(
+            [revision_prompt(*args) for args in zip(prefixes, conversations, current, drawn, critiques, strict=True)],
+            step_params,
+        )
+        on_generated(len(prompts))
+        for i, principle in enumerate(drawn):
+            steps[i].append(RevisionStep(principle=principle.id, critique=critiques[i], revision=revisions[i]))
+        current = revisions
+    return [
+        SLRecord(
+            id=p.id,
+            kind="red_team",
+            prompt=p.messages,
+            initial=initial[i],
+            steps=steps[i],
+            constitution=constitution.tag,
+            model=policy.name,
+            params=params.model_dump(),
+            seed=seed,
+        )
+        for i, p in enumerate(prompts)
+    ]
+
+
+def answer(
+    policy: LanguageModel, prompts: Sequence[PromptRecord], config: SLConfig, constitution: Constitution, seed: int
+) -> list[SLRecord]:
+    """Plain answers to helpfulness prompts from the same model (no critique, no revision)."""
+    params = config.sampling.model_copy(update={"seed": seed})
+    answers = policy.generate([p.messages for p in prompts], params)
+    return [
+        SLRecord(
+            id=p.id,
+            kind="helpful",
+            prompt=p.messages,
+            initial=text,
+            constitution=constitution.tag,
+            model=policy.name,
+            params=params.model_dump(),
+            seed=seed,
+        )
+        for p, text in zip(prompts, answers, strict=True)
+    ]
+
+
+def _calls_per_prompt(config: SLConfig) -> int:
+    return 1 + config.num_revisions * (2 if config.critique else 1)
+
+
+def generate(store: RunStore, policy: LanguageModel, constitution: Constitution, config: SLConfig, seed: int) -> None:
+    """The SL generation stage: resumable, writing a chunk of records at a time."""
+    stage = store.stage(STAGE)
+    stage.start({"sl": config.model_dump(), "constitution": constitution.tag, "policy": policy.name, "seed": seed})
+    constitution = constitution.restricted_to(config.num_principles, random.Random(seed))
+    done = stage.done_ids(SLRecord)
+    records_out, rejected_out = stage.writers()
+    work: list[tuple[str, list[PromptRecord]]] = []
+    for kind, source in (("red_team", config.red_team_prompts), ("helpful", config.helpful_prompts)):
+        if source is None:
+            continue
+        accepted, rejected = load_prompts(source, config.prompt_column, config.max_prompt_chars)
+        accepted = accepted[: config.max_prompts]
+        rejected_out.write(r for r in rejected if r.id not in done)
+        work.append((kind, [p for p in accepted if p.id not in done]))
+    total = sum(len(items) * (_calls_per_prompt(config) if kind == "red_team" else 1) for kind, items in work)
+    try:
+        with progress_bar() as bar:
+            task = bar.add_task("SL-CAI generate", total=total, unit="gen")
+            for kind, items in work:
+                for start in range(0, len(items), config.chunk_size):
+                    chunk = items[start : start + config.chunk_size]
+                    if kind == "red_team":
+                        records = revise(
+                            policy, constitution, chunk, config, seed, on_generated=lambda n: bar.advance(task, n)
+                        )
+                    else:
+                        records = answer(policy, chunk, config, constitution, seed)
+                        bar.advance(task, len(chunk))
+                    records_out.write(records)
+    finally:
+        records_out.close()
+        rejected_out.close()
+    records = stage.records(SLRecord)
+    stage.finish(records=len(records), rejected=len(stage.rejected()))

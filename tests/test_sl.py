@@ -1,0 +1,150 @@
+"""The critique -> revision loop's logic, with a scripted model that records every call."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from constitutional.constitution import load_constitution
+from constitutional.models.base import SamplingParams
+from constitutional.records import PromptRecord, SLRecord
+from constitutional.sl import SLConfig, generate, revise
+from constitutional.store import RunStore
+
+
+class ScriptedModel:
+    """Answers by echoing what was asked, so tests can see which text reached which prompt."""
+
+    name = "scripted"
+
+    def __init__(self):
+        self.calls: list[list] = []
+
+    def generate(self, prompts, params: SamplingParams) -> list[str]:
+        self.calls.append(list(prompts))
+        return [f"reply#{len(self.calls)} to {p[-1]['content'][:40]}" for p in prompts]
+
+    def choice_logprobs(self, prompts, choices):
+        raise AssertionError("the SL loop never scores choices")
+
+
+def _prompts(n: int) -> list[PromptRecord]:
+    return [
+        PromptRecord(id=f"p{i}", messages=[{"role": "user", "content": f"question {i}"}], source="t") for i in range(n)
+    ]
+
+
+def test_each_step_is_one_batched_call_and_every_step_is_kept():
+    model, constitution = ScriptedModel(), load_constitution("harmless")
+    records = revise(model, constitution, _prompts(5), SLConfig(num_revisions=3, num_demonstrations=1), seed=7)
+    assert len(model.calls) == 1 + 3 * 2  # initial, then critique + revision per step
+    assert all(len(call) == 5 for call in model.calls)
+    assert [len(r.steps) for r in records] == [3, 3, 3, 3, 3]
+    known = {p.id for p in constitution.critique_revision}
+    assert all(step.principle in known and step.critique and step.revision for r in records for step in r.steps)
+    assert records[0].constitution == "harmless@1.0" and records[0].model == "scripted"
+
+
+def test_revision_prompt_carries_the_drawn_principle_the_critique_and_the_previous_answer():
+    model, constitution = ScriptedModel(), load_constitution("harmless")
+    records = revise(model, constitution, _prompts(1), SLConfig(num_revisions=2, num_demonstrations=0), seed=1)
+    second_revision_prompt = model.calls[4][0]
+    step = records[0].steps[1]
+    principle = constitution.principle(step.principle)
+    assert principle.revision in second_revision_prompt[-1]["content"]
+    assert {"role": "assistant", "content": step.critique} in second_revision_prompt
+    # The answer being revised in step 2 is the revision of step 1.
+    assert {"role": "assistant", "content": records[0].steps[0].revision} in second_revision_prompt
+
+
+def test_direct_revision_skips_the_critique_call():
+    model = ScriptedModel()
+    records = revise(
+        model, load_constitution("harmless"), _prompts(2), SLConfig(num_revisions=2, critique=False), seed=0
+    )
+    assert len(model.calls) == 1 + 2
+    assert all(step.critique is None for r in records for step in r.steps)
+    assert not any("Critique request" in m["content"] for call in model.calls for p in call for m in p)
+
+
+def test_demonstrations_are_prepended_before_the_conversation():
+    model, constitution = ScriptedModel(), load_constitution("harmless")
+    revise(model, constitution, _prompts(1), SLConfig(num_revisions=1, num_demonstrations=2), seed=3)
+    critique_prompt = model.calls[1][0]
+    demo_prompts = {d.prompt for d in constitution.demonstrations.critique_revision}
+    assert sum(m["content"] in demo_prompts for m in critique_prompt[:-3]) == 2
+    assert critique_prompt[-3] == {"role": "user", "content": "question 0"}
+
+
+def test_principle_draws_are_seeded_per_prompt_not_per_batch():
+    constitution = load_constitution("harmless")
+    config = SLConfig(num_revisions=3)
+    together = revise(ScriptedModel(), constitution, _prompts(4), config, seed=11)
+    alone = revise(ScriptedModel(), constitution, _prompts(4)[2:3], config, seed=11)
+    assert [s.principle for s in together[2].steps] == [s.principle for s in alone[0].steps]
+    other_seed = revise(ScriptedModel(), constitution, _prompts(4), config, seed=12)
+    assert [[s.principle for s in r.steps] for r in together] != [[s.principle for s in r.steps] for r in other_seed]
+
+
+def test_num_principles_limits_the_draws():
+    limited = load_constitution("harmless").restricted_to(2, random.Random(0))
+    records = revise(ScriptedModel(), limited, _prompts(6), SLConfig(num_revisions=4), seed=0)
+    assert len({s.principle for r in records for s in r.steps}) <= 2
+
+
+def test_generate_stage_writes_red_team_and_helpful_records_and_skips_bad_prompts(tmp_path):
+    red = tmp_path / "red.jsonl"
+    red.write_text('{"id": "r1", "prompt": "bad thing"}\n{"id": "r2", "prompt": "  "}\n{"id": "r3", "prompt": "x"}\n')
+    helpful = tmp_path / "help.txt"
+    helpful.write_text("how do I boil an egg\nwhat is rain\n")
+    config = SLConfig(red_team_prompts=str(red), helpful_prompts=str(helpful), num_revisions=2, chunk_size=1)
+    model = ScriptedModel()
+    with RunStore(tmp_path / "run") as store:
+        generate(store, model, load_constitution("harmless"), config, seed=0)
+        records = store.stage("sl_generate").records(SLRecord)
+        rejected = store.stage("sl_generate").rejected()
+        status = store.stage("sl_generate").status
+    assert sorted(r.id for r in records if r.kind == "red_team") == ["r1", "r3"]
+    assert len([r for r in records if r.kind == "helpful" and not r.steps]) == 2
+    assert [r.id for r in rejected] == ["r2"] and "empty prompt" in rejected[0].reason
+    assert status["status"] == "complete" and status["counts"] == {"records": 4, "rejected": 1}
+
+
+class FailingModel(ScriptedModel):
+    """Dies on its n-th call, as a killed process would."""
+
+    def __init__(self, fail_on_call: int):
+        super().__init__()
+        self.fail_on_call = fail_on_call
+
+    def generate(self, prompts, params):
+        if len(self.calls) + 1 == self.fail_on_call:
+            raise KeyboardInterrupt
+        return super().generate(prompts, params)
+
+
+def test_rerun_after_interruption_generates_only_missing_prompts(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("one\ntwo\nthree\n")
+    constitution = load_constitution("harmless")
+    config = SLConfig(red_team_prompts=str(prompts), helpful_prompts=None, num_revisions=1, chunk_size=1)
+    with RunStore(tmp_path / "run") as store, pytest.raises(KeyboardInterrupt):
+        generate(store, FailingModel(fail_on_call=5), constitution, config, seed=0)  # dies in the 2nd chunk
+    resumed = ScriptedModel()
+    with RunStore(tmp_path / "run") as store:
+        generate(store, resumed, constitution, config, seed=0)
+        records = store.stage("sl_generate").records(SLRecord)
+    assert len(resumed.calls) == 2 * 3  # two prompts left, three calls each
+    assert sorted(r.id for r in records) == sorted({r.id for r in records}) and len(records) == 3
+
+
+def test_changed_config_is_refused_on_an_existing_stage(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("one\n")
+    config = SLConfig(red_team_prompts=str(prompts), helpful_prompts=None, num_revisions=1)
+    constitution = load_constitution("harmless")
+    with RunStore(tmp_path / "run") as store:
+        generate(store, ScriptedModel(), constitution, config, seed=0)
+    with RunStore(tmp_path / "run") as store, pytest.raises(Exception, match="different config"):
+        generate(store, ScriptedModel(), constitution, config.model_copy(update={"num_revisions": 2}), seed=0)

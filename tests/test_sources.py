@@ -1,0 +1,205 @@
+"""Prompt sources: every format, stable ids, rejections with reasons, and errors that name file and line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from constitutional.errors import InputError
+from constitutional.records import PromptRecord, RejectedRecord
+from constitutional.sources import content_id, load_prompts
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def test_jsonl_with_prompt(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "Hello?"}, {"prompt": "How are you?"}])
+    accepted, rejected = load_prompts(str(path))
+    assert rejected == []
+    assert [r.messages for r in accepted] == [user("Hello?"), user("How are you?")]
+    assert accepted[0].id == "a"
+    assert accepted[1].id == content_id(user("How are you?"))
+    assert all(isinstance(r, PromptRecord) and r.source == str(path) for r in accepted)
+
+
+def test_jsonl_with_messages(tmp_path):
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Tell me a joke."},
+    ]
+    path = write_jsonl(tmp_path / "m.jsonl", [{"messages": messages}])
+    accepted, rejected = load_prompts(str(path))
+    assert rejected == []
+    assert accepted[0].messages == messages
+    assert accepted[0].id == content_id(messages)
+
+
+def test_jsonl_bad_messages_names_line(tmp_path):
+    path = write_jsonl(tmp_path / "m.jsonl", [{"prompt": "ok"}, {"messages": [{"role": "robot", "content": "x"}]}])
+    with pytest.raises(InputError) as info:
+        load_prompts(str(path))
+    assert info.value.line == 2
+    assert info.value.field == "messages"
+
+
+def test_conversation_ending_with_assistant_is_rejected(tmp_path):
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    path = write_jsonl(tmp_path / "m.jsonl", [{"id": "x", "messages": messages}])
+    accepted, rejected = load_prompts(str(path))
+    assert accepted == []
+    assert rejected[0].id == "x"
+    assert "user message" in rejected[0].reason
+
+
+def test_csv_named_column(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text('id,question,notes\nq1,"What is 2+2, really?",x\n,Name a colour.,y\n', encoding="utf-8")
+    accepted, rejected = load_prompts(str(path), column="question")
+    assert rejected == []
+    assert [r.messages for r in accepted] == [user("What is 2+2, really?"), user("Name a colour.")]
+    assert accepted[0].id == "q1"
+    # An empty id cell falls back to the content hash.
+    assert accepted[1].id == content_id(user("Name a colour."))
+
+
+def test_csv_missing_column_names_it_and_the_available_ones(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("id,question\nq1,What?\n", encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        load_prompts(str(path), column="text")
+    message = str(info.value)
+    assert "'text'" in message
+    assert "question" in message and "id" in message
+    assert str(path) in message
+
+
+def test_plain_text_one_per_line(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("First prompt\n\nSecond prompt\n   \nThird prompt\n", encoding="utf-8")
+    accepted, rejected = load_prompts(str(path))
+    assert rejected == []
+    assert [r.messages[0]["content"] for r in accepted] == ["First prompt", "Second prompt", "Third prompt"]
+
+
+def test_saved_hf_dataset(tmp_path):
+    from datasets import Dataset
+
+    folder = tmp_path / "ds"
+    Dataset.from_list([{"id": "d1", "prompt": "One?"}, {"id": "d2", "prompt": "Two?"}]).save_to_disk(str(folder))
+    accepted, rejected = load_prompts(str(folder))
+    assert rejected == []
+    assert [(r.id, r.messages) for r in accepted] == [("d1", user("One?")), ("d2", user("Two?"))]
+
+
+def test_saved_hf_dataset_missing_column(tmp_path):
+    from datasets import Dataset
+
+    folder = tmp_path / "ds"
+    Dataset.from_list([{"text": "One?"}]).save_to_disk(str(folder))
+    with pytest.raises(InputError, match="text"):
+        load_prompts(str(folder))
+
+
+def test_ids_stable_across_loads_and_files(tmp_path):
+    rows = [{"prompt": "Same content"}, {"prompt": "Other content"}]
+    first, _ = load_prompts(str(write_jsonl(tmp_path / "a.jsonl", rows)))
+    second, _ = load_prompts(str(write_jsonl(tmp_path / "b.jsonl", list(reversed(rows)))))
+    by_content = {r.messages[0]["content"]: r.id for r in first}
+    assert {r.messages[0]["content"]: r.id for r in second} == by_content
+    assert len(set(by_content.values())) == 2
+    # The same text from a plain-text file gets the same id too.
+    text = tmp_path / "c.txt"
+    text.write_text("Same content\n", encoding="utf-8")
+    assert load_prompts(str(text))[0][0].id == by_content["Same content"]
+
+
+def test_numeric_id_kept_as_string(tmp_path):
+    accepted, _ = load_prompts(str(write_jsonl(tmp_path / "p.jsonl", [{"id": 7, "prompt": "Hi"}])))
+    assert accepted[0].id == "7"
+
+
+def test_empty_and_overlong_prompts_are_rejected_with_reason(tmp_path):
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [{"id": "ok", "prompt": "Fine."}, {"id": "empty", "prompt": "   "}, {"id": "long", "prompt": "x" * 51}],
+    )
+    accepted, rejected = load_prompts(str(path), max_chars=50)
+    assert [r.id for r in accepted] == ["ok"]
+    reasons = {r.id: r.reason for r in rejected}
+    assert set(reasons) == {"empty", "long"}
+    assert all(isinstance(r, RejectedRecord) for r in rejected)
+    assert "empty prompt" in reasons["empty"]
+    assert "max_prompt_chars=50" in reasons["long"]
+    # The reason points back at the input line.
+    assert f"{path}:2" in reasons["empty"]
+    assert f"{path}:3" in reasons["long"]
+
+
+def test_malformed_jsonl_line_names_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a"}\n\n{"prompt": "b"\n{"prompt": "c"}\n', encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        load_prompts(str(path))
+    assert info.value.line == 3
+    assert f"{path}:3" in str(info.value)
+    assert "invalid JSON" in str(info.value)
+
+
+def test_jsonl_line_not_an_object(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a"}\n["b"]\n', encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        load_prompts(str(path))
+    assert info.value.line == 2
+
+
+def test_missing_prompt_field_names_line(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a"}, {"question": "b"}])
+    with pytest.raises(InputError) as info:
+        load_prompts(str(path))
+    assert info.value.line == 2
+    assert info.value.field == "prompt"
+
+
+def test_duplicate_ids_rejected(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}])
+    with pytest.raises(InputError, match="duplicate id 'a'") as info:
+        load_prompts(str(path))
+    assert info.value.line == 2
+
+
+def test_duplicate_content_without_ids_rejected(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "same"}, {"prompt": "same"}])
+    with pytest.raises(InputError, match="duplicate id"):
+        load_prompts(str(path))
+
+
+@pytest.mark.parametrize("name", ["red-team", "helpful"])
+def test_builtin_sets(name):
+    accepted, rejected = load_prompts(f"builtin:{name}")
+    assert len(accepted) >= 40
+    assert rejected == []
+    assert len({r.id for r in accepted}) == len(accepted)
+    assert all(r.source == f"builtin:{name}" for r in accepted)
+
+
+def test_unknown_builtin():
+    with pytest.raises(InputError) as info:
+        load_prompts("builtin:nope")
+    assert "builtin:red-team" in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        load_prompts(str(tmp_path / "absent.jsonl"))
