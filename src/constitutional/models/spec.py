@@ -19,7 +19,7 @@ class ModelSpec(BaseModel):
     backend: Literal["transformers", "openai"] = "transformers"
     # transformers backend
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        default="auto", description="auto: bfloat16 on CPU (about 2x faster here) and on GPUs that support it."
+        default="auto", description="auto: bfloat16 on CPU and on GPUs that support it, else float16/float32."
     )
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, mps ...")
     batch_size: int = Field(default=16, ge=1, description="Sequences per forward pass.")
