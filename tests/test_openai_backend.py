@@ -7,9 +7,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from importlib import metadata
 
-import httpx
 import pytest
 
 from constitutional.errors import InputError
@@ -36,6 +37,14 @@ def smollm2_gguf() -> str:
     return str(next(dist.locate_file(f) for f in dist.files or [] if f.name.endswith(".gguf")))
 
 
+def server_answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """Base URL of a llama-cpp-python server, stopped when the module's tests are done."""
@@ -58,11 +67,8 @@ def server(tmp_path_factory):
         while True:
             if process.poll() is not None:
                 pytest.fail(f"llama_cpp.server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
+            if server_answers(f"{base_url}/models"):
+                break
             if time.monotonic() > deadline:
                 pytest.fail(f"llama_cpp.server not ready after {STARTUP_TIMEOUT} s:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.5)

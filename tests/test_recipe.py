@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from constitutional.errors import InputError
 from constitutional.recipe import Recipe, describe_fields, load_recipe, parse_overrides
+from constitutional.sl import SLConfig
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
@@ -54,8 +56,10 @@ def test_override_wins_over_recipe_and_keeps_siblings():
     assert recipe.sl.num_revisions == 3
     assert recipe.sl.sampling.temperature == 0.0
     # Values the override did not touch still come from the recipe, not the defaults.
-    assert recipe.sl.max_prompts == 48
-    assert recipe.sl.sampling.max_new_tokens == 96
+    written = yaml.safe_load(demo.read_text())["sl"]
+    assert written["max_prompts"] != SLConfig().max_prompts
+    assert recipe.sl.max_prompts == written["max_prompts"]
+    assert recipe.sl.sampling.max_new_tokens == written["sampling"]["max_new_tokens"]
 
 
 def test_top_level_fields_from_a_section_command():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -65,13 +67,13 @@ def test_training_moves_the_weights_and_saves_safetensors(tmp_path, request, lor
     config = SLTrainConfig(lora=lora, max_steps=4, batch_size=4, learning_rate=5e-3, max_length=64)
     with RunStore(tmp_path / "run") as store:
         _write(store)
-        output = train(store, str(base), config, seed=0)
-        status = store.stage("sl_train").status
+        summary = train(store, str(base), config, seed=0)
+    output = Path(summary["model_dir"])
     after = load_file(output / "model.safetensors")
     moved = [name for name in before if not torch.equal(before[name], after[name])]
     assert moved, "no parameter changed"
-    assert status["status"] == "complete" and status["counts"]["steps"] == 4
-    assert status["last_loss"] < status["first_loss"]
+    assert summary["steps"] == 4
+    assert summary["last_loss"] < summary["first_loss"]
     card = (output / "README.md").read_text()
     assert "harmless@1.0" in card and str(base) in card
     assert (output / "adapter" / "adapter_model.safetensors").exists() == lora

@@ -129,7 +129,7 @@ def test_manifest_round_trip_and_completion(tmp_path):
     assert saved["status"] == "complete"
     assert saved["config_hash"] == config_hash(config)
     assert saved["config"] == config
-    assert saved["counts"] == {"records": 3, "rejected": 1}
+    assert saved["summary"] == {"records": 3, "rejected": 1}
     with RunStore(tmp_path) as store:
         stage = store.stage("s")
         assert store.manifest()["seed"] == 5  # the seed of the first run, not the default

@@ -18,8 +18,14 @@ app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="Const
 constitution_app = typer.Typer(no_args_is_help=True, help="List, show and validate constitutions.")
 sl_app = typer.Typer(no_args_is_help=True, help="SL-CAI: critique -> revision, then SFT on the revisions.")
 models_app = typer.Typer(no_args_is_help=True, help="The embedded default models.")
+rl_app = typer.Typer(no_args_is_help=True, help="RL-CAI: sample answer pairs, label them with AI feedback, RL.")
+pm_app = typer.Typer(no_args_is_help=True, help="The preference model: train on soft labels, score answers.")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate: multiple-choice accuracy and calibration, Elo.")
 app.add_typer(constitution_app, name="constitution")
 app.add_typer(sl_app, name="sl")
+app.add_typer(rl_app, name="rl")
+app.add_typer(pm_app, name="pm")
+app.add_typer(eval_app, name="eval")
 app.add_typer(models_app, name="models")
 console = Console(stderr=True)
 out = Console()
@@ -70,6 +76,19 @@ def _recipe(config: Path | None, ctx: typer.Context, section: str):
     from constitutional.recipe import load_recipe, parse_overrides
 
     return load_recipe(config, parse_overrides(ctx.args, section))
+
+
+def run_stages(recipe, names: list[str] | None, force: bool) -> None:
+    """Run pipeline stages and print what each did (skipped, ran, resumed) and how long it took."""
+    from constitutional import pipeline
+
+    forced = (names or list(pipeline.STAGES)) if force else []
+    outcomes = pipeline.run(recipe, names, force=forced)
+    table = Table("stage", "action", "seconds", "summary", title=f"run directory: {recipe.run_dir}")
+    for o in outcomes:
+        summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in o.summary.items())
+        table.add_row(o.name, o.action, f"{o.seconds:.1f}", summary)
+    console.print(table)
 
 
 # ---- constitution ---------------------------------------------------------------------------------------------
@@ -166,33 +185,7 @@ def sl_generate(ctx: typer.Context, config: ConfigOption = None, force: ForceOpt
     Resumes where a previous run stopped. Example:
     `cai sl generate --config recipes/demo.yaml --num-revisions 2 --run-dir runs/try`
     """
-    from constitutional import sl
-    from constitutional.constitution import load_constitution
-    from constitutional.models import load_model
-    from constitutional.store import RunStore
-
-    recipe = _recipe(config, ctx, "sl")
-    constitution = load_constitution(recipe.constitution)
-    with RunStore(recipe.run_dir, recipe.seed) as store:
-        stage = store.stage(sl.STAGE)
-        if force:
-            stage.reset()
-        config_now = {
-            "sl": recipe.sl.model_dump(),
-            "constitution": constitution.tag,
-            "policy": recipe.models.policy.name,
-            "seed": recipe.seed,
-        }
-        if stage.is_complete(config_now):
-            console.print(f"sl generate: already complete in {store.dir} (use --force to redo)")
-            return
-        policy = load_model(recipe.models.policy)
-        sl.generate(store, policy, constitution, recipe.sl, recipe.seed)
-        counts = store.stage(sl.STAGE).status["counts"]
-    console.print(
-        f"[green]done[/]: {counts['records']} records, {counts['rejected']} rejected, in "
-        f"{Path(recipe.run_dir) / sl.STAGE}"
-    )
+    run_stages(_recipe(config, ctx, "sl"), ["sl_generate"], force)
 
 
 @sl_app.command("train", context_settings=OVERRIDES, epilog=_field_help("sl_train"))
@@ -202,26 +195,7 @@ def sl_train(ctx: typer.Context, config: ConfigOption = None, force: ForceOption
 
     Example: `cai sl train --config recipes/demo.yaml --max-steps 10`
     """
-    from constitutional import sl_train as training
-    from constitutional.store import RunStore
-
-    recipe = _recipe(config, ctx, "sl_train")
-    with RunStore(recipe.run_dir, recipe.seed) as store:
-        stage = store.stage(training.STAGE)
-        config_now = {
-            "sl_train": recipe.sl_train.model_dump(),
-            "base_model": recipe.models.policy.name,
-            "seed": recipe.seed,
-        }
-        if force:
-            stage.reset()
-        if stage.is_complete(config_now):
-            console.print(f"sl train: already complete in {store.dir} (use --force to redo)")
-            return
-        if stage.status:
-            stage.reset()  # training has no partial state worth keeping: restart it
-        output = training.train(store, recipe.models.policy.name, recipe.sl_train, recipe.seed)
-    console.print(f"[green]done[/]: model saved to {output}")
+    run_stages(_recipe(config, ctx, "sl_train"), ["sl_train"], force)
 
 
 @sl_app.command("export")
@@ -255,6 +229,24 @@ def sl_export(
     else:
         dataset.to_json(str(output), lines=True)
     console.print(f"[green]wrote[/] {len(rows)} rows to {output}")
+
+
+# ---- RL-CAI: response pairs (rl sample) ---------------------------------------------------------------------
+
+
+# ---- RL-CAI: AI feedback (rl label) and multiple-choice evaluation (eval mc) -----------------------------------
+
+
+# ---- preference model (pm train, pm score) ---------------------------------------------------------------------
+
+
+# ---- RL against the preference model (rl train) ----------------------------------------------------------------
+
+
+# ---- evaluation (eval compare) and the report ------------------------------------------------------------------
+
+
+# ---- the whole pipeline ----------------------------------------------------------------------------------------
 
 
 def main() -> None:

@@ -13,7 +13,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from constitutional.errors import InputError
+from constitutional.evaluate.suite import EvalConfig
+from constitutional.feedback import FeedbackConfig
 from constitutional.models.spec import ModelSpec
+from constitutional.pairs import PairsConfig
+from constitutional.preference import PMConfig
+from constitutional.rl import RLConfig
 from constitutional.sl import SLConfig
 from constitutional.sl_train import SLTrainConfig
 from constitutional.yamlfile import load_yaml
@@ -26,6 +31,9 @@ class Roles(BaseModel):
 
     policy: ModelSpec = Field(default_factory=ModelSpec)
     feedback: ModelSpec = Field(default_factory=lambda: ModelSpec(name="gemma3-270m"))
+    judge: ModelSpec = Field(
+        default_factory=lambda: ModelSpec(name="gemma3-270m"), description="Compares and rates answers in evaluation."
+    )
 
 
 class Recipe(BaseModel):
@@ -37,6 +45,11 @@ class Recipe(BaseModel):
     models: Roles = Field(default_factory=Roles)
     sl: SLConfig = Field(default_factory=SLConfig)
     sl_train: SLTrainConfig = Field(default_factory=SLTrainConfig)
+    sample: PairsConfig = Field(default_factory=PairsConfig)
+    label: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    pm: PMConfig = Field(default_factory=PMConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
 
 
 def _set(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -137,10 +137,11 @@ def _calls_per_prompt(config: SLConfig) -> int:
     return 1 + config.num_revisions * (2 if config.critique else 1)
 
 
-def generate(store: RunStore, policy: LanguageModel, constitution: Constitution, config: SLConfig, seed: int) -> None:
-    """The SL generation stage: resumable, writing a chunk of records at a time."""
+def generate(
+    store: RunStore, policy: LanguageModel, constitution: Constitution, config: SLConfig, seed: int
+) -> dict[str, int]:
+    """The SL generation stage: resumable, writing a chunk of records at a time. Returns its counts."""
     stage = store.stage(STAGE)
-    stage.start({"sl": config.model_dump(), "constitution": constitution.tag, "policy": policy.name, "seed": seed})
     constitution = constitution.restricted_to(config.num_principles, random.Random(seed))
     done = stage.done_ids(SLRecord)
     records_out, rejected_out = stage.writers()
@@ -170,5 +171,4 @@ def generate(store: RunStore, policy: LanguageModel, constitution: Constitution,
     finally:
         records_out.close()
         rejected_out.close()
-    records = stage.records(SLRecord)
-    stage.finish(records=len(records), rejected=len(stage.rejected()))
+    return {"records": len(stage.records(SLRecord)), "rejected": len(stage.rejected())}

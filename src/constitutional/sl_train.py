@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -84,8 +83,11 @@ def _model_card(base: str, constitution: str, config: SLTrainConfig, counts: dic
     )
 
 
-def train(store: RunStore, base_model: str, config: SLTrainConfig, seed: int) -> Path:
-    """Fine-tune `base_model` (a name or path) on the run's SL records; returns the saved model folder."""
+def train(store: RunStore, base_model: str, config: SLTrainConfig, seed: int) -> dict[str, Any]:
+    """Fine-tune `base_model` (a name or path) on the run's SL records, saved to `run_dir/sl_model`.
+
+    Returns a summary: example and step counts, first and last training loss, the model folder.
+    """
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -101,8 +103,6 @@ def train(store: RunStore, base_model: str, config: SLTrainConfig, seed: int) ->
             path=store.dir / GENERATE_STAGE,
             hint="run `cai sl generate` with the same --config first",
         )
-    stage = store.stage(STAGE)
-    stage.start({"sl_train": config.model_dump(), "base_model": base_model, "seed": seed})
     examples = sft_examples(records, config.revisions, config.helpful_ratio, seed)
     path = resolve(base_model)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -149,11 +149,10 @@ def train(store: RunStore, base_model: str, config: SLTrainConfig, seed: int) ->
     constitution = records[0].constitution
     (output / "README.md").write_text(_model_card(base_model, constitution, config, counts, result.training_loss))
     (output / "training_log.json").write_text(json.dumps(trainer.state.log_history, indent=2))
-    stage.finish(examples=len(examples), steps=trainer.state.global_step)
-    store.update_stage(
-        STAGE,
-        first_loss=losses[0] if losses else None,
-        last_loss=losses[-1] if losses else None,
-        model_dir=str(output),
-    )
-    return output
+    return {
+        "examples": len(examples),
+        "steps": trainer.state.global_step,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "model_dir": str(output),
+    }

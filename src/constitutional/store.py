@@ -156,8 +156,8 @@ class Stage:
         self.run.manifest_data["stages"].pop(self.name, None)
         self.run.save_manifest()
 
-    def finish(self, **counts: int) -> None:
-        self.run.update_stage(self.name, status="complete", finished=time.time(), counts=counts)
+    def finish(self, **summary: Any) -> None:
+        self.run.update_stage(self.name, status="complete", finished=time.time(), summary=summary)
 
 
 class RunStore:

@@ -1,0 +1,1 @@
+"""Evaluation: pairwise Elo, HHH multiple choice, harmfulness, evasiveness, and the HTML report."""
