@@ -44,6 +44,11 @@ def test_expected_commands_exist():
         ("sl", "train"),
         ("sl", "export"),
         ("models", "list"),
+        ("rl", "train"),
+        ("rl", "sample"),
+        ("pm", "train"),
+        ("pm", "score"),
+        ("eval", "compare"),
     } <= set(COMMANDS)
 
 

@@ -234,19 +234,295 @@ def sl_export(
 # ---- RL-CAI: response pairs (rl sample) ---------------------------------------------------------------------
 
 
+@rl_app.command("sample", context_settings=OVERRIDES, epilog=_field_help("sample"))
+@friendly_errors
+def rl_sample(ctx: typer.Context, config: ConfigOption = None, force: ForceOption = False) -> None:
+    """Sample two answers per red-team and helpfulness prompt from the policy (the SL-CAI model once trained).
+
+    Resumes where a previous run stopped. Example:
+    `cai rl sample --config recipes/demo.yaml --max-prompts 8 --run-dir runs/try`
+    """
+    run_stages(_recipe(config, ctx, "sample"), ["rl_sample"], force)
+
+
 # ---- RL-CAI: AI feedback (rl label) and multiple-choice evaluation (eval mc) -----------------------------------
+
+
+def _print_label_stats(run_dir: str) -> None:
+    from constitutional.feedback import STAGE, label_stats
+    from constitutional.records import ComparisonRecord
+    from constitutional.store import RunStore
+
+    with RunStore(run_dir) as store:
+        stats = label_stats(store.stage(STAGE).records(ComparisonRecord))
+    table = Table("statistic", "value", title="AI feedback labels")
+    for key, value in stats.items():
+        table.add_row(key, "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value))
+    out.print(table)
+    out.print("p_a_histogram counts labels in ten bins of P(a better), from 0-0.1 to 0.9-1.0.")
+
+
+@rl_app.command("label", context_settings=OVERRIDES, epilog=_field_help("label"))
+@friendly_errors
+def rl_label(ctx: typer.Context, config: ConfigOption = None, force: ForceOption = False) -> None:
+    """Label each sampled pair with the feedback model's probability that answer a is the better one.
+
+    Asks a multiple-choice question per pair under a randomly drawn principle and reads P((A)) vs P((B)) from
+    one scoring pass; prints the label statistics (spread, share clamped, position bias). Resumes. Example:
+    `cai rl label --config recipes/demo.yaml --num-principles 4 --debias true`
+    """
+    recipe = _recipe(config, ctx, "label")
+    run_stages(recipe, ["rl_label"], force)
+    _print_label_stats(recipe.run_dir)
+
+
+@eval_app.command("mc")
+@friendly_errors
+def eval_mc(
+    items: Annotated[str, typer.Argument(metavar="FILE", help="JSONL items, or builtin:hhh-ours (36 of our own).")],
+    model: Annotated[
+        str, typer.Option("--model", help="Model to evaluate; the default is the demo recipe's feedback model.")
+    ] = "gemma3-270m",
+    backend: Annotated[str, typer.Option("--backend", help="transformers | openai.")] = "transformers",
+    base_url: Annotated[str | None, typer.Option("--base-url", help="Server URL for --backend openai.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per forward pass.")] = 16,
+    principles: Annotated[
+        int, typer.Option("--principles", min=1, help="Ensemble: average over K principles drawn per item.")
+    ] = 1,
+    debias: Annotated[bool, typer.Option("--debias", help="Score both option orders and average them.")] = False,
+    constitution: Annotated[
+        str, typer.Option("--constitution", help="Where ensemble principles come from.")
+    ] = "harmless",
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the principle draws.")] = 0,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write a reliability diagram (PNG) here.")] = None,
+) -> None:
+    """Multiple-choice accuracy, mean probability on the right answer, and calibration (reliability bins, ECE).
+
+    Items are `{"prompt", "corrects", "incorrects"}` lines (the format of Anthropic's HHH evaluation). Plain
+    scoring uses each prompt as it is; `--principles K` and `--debias` re-render items that also carry
+    `conversation`, `responses` and `correct` as AI-feedback questions. Example:
+    `cai eval mc builtin:hhh-ours --model smollm2-135m-instruct --principles 4 --debias --plot hhh.png`
+    """
+    from pydantic import ValidationError
+
+    from constitutional.constitution import load_constitution
+    from constitutional.evaluate import hhh
+    from constitutional.models import ModelSpec, load_model
+
+    loaded_items = hhh.load_items(items)
+    try:
+        spec = ModelSpec(name=model, backend=backend, base_url=base_url, batch_size=batch_size)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise InputError(first["msg"], field=".".join(str(p) for p in first["loc"])) from None
+    scores = hhh.score_items(load_model(spec), loaded_items, load_constitution(constitution), principles, debias, seed)
+    result = hhh.summarize(scores)
+    mode = "plain" if principles == 1 and not debias else f"principles={principles}, debias={debias}"
+    table = Table("items", "re-rendered", "accuracy", "mean p(correct)", "ECE", title=f"{items} — {model} ({mode})")
+    table.add_row(
+        str(result.items),
+        str(result.rerendered),
+        f"{result.accuracy:.3f}",
+        f"{result.mean_p_correct:.3f}",
+        f"{result.ece:.3f}",
+    )
+    out.print(table)
+    if result.by_category:
+        out.print("accuracy by category: " + ", ".join(f"{c} {a:.3f}" for c, a in result.by_category.items()))
+    bins = Table("confidence bin", "items", "mean confidence", "accuracy", title="calibration (reliability bins)")
+    for row in result.bins:
+        bins.add_row(f"{row.low:.1f}-{row.high:.1f}", str(row.count), f"{row.confidence:.3f}", f"{row.accuracy:.3f}")
+    out.print(bins)
+    if plot is not None:
+        hhh.reliability_diagram(result, plot, f"{model} on {items} ({mode})")
+        console.print(f"[green]wrote[/] {plot}")
 
 
 # ---- preference model (pm train, pm score) ---------------------------------------------------------------------
 
 
+@pm_app.command("train", context_settings=OVERRIDES, epilog=_field_help("pm"))
+@friendly_errors
+def pm_train(ctx: typer.Context, config: ConfigOption = None, force: ForceOption = False) -> None:
+    """Train the preference model on the soft labels (TRL RewardTrainer); reports held-out accuracy and calibration.
+
+    Example: `cai pm train --config recipes/demo.yaml --max-steps 20` (or `--preference-data prefs.jsonl`)
+    """
+    run_stages(_recipe(config, ctx, "pm"), ["pm_train"], force)
+
+
+@pm_app.command("score")
+@friendly_errors
+def pm_score(
+    model_dir: Annotated[Path, typer.Argument(help="A preference model folder, e.g. RUN_DIR/preference_model.")],
+    input_path: Annotated[
+        Path | None, typer.Option("--input", "-i", help='JSONL of {"prompt" or "messages", "response"}.')
+    ] = None,
+    pairs: Annotated[Path | None, typer.Option("--pairs", help="Score both answers of this run's pairs.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the rows with scores as JSONL.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per forward pass.")] = 16,
+) -> None:
+    """Score answers with a trained preference model (higher = preferred).
+
+    Example: `cai pm score runs/demo/preference_model --input answers.jsonl -o scored.jsonl`
+    """
+    import json
+
+    from constitutional import preference
+
+    if (input_path is None) == (pairs is None):
+        raise InputError("give exactly one of --input FILE.jsonl or --pairs RUN_DIR")
+    if input_path is not None:
+        rows, conversations, responses = preference.load_responses(input_path)
+        scores = preference.score(model_dir, conversations, responses, batch_size)
+        rows = [row | {"score": value} for row, value in zip(rows, scores, strict=True)]
+        columns = ["score"]
+    else:
+        from constitutional.pairs import STAGE
+        from constitutional.records import PairRecord
+        from constitutional.store import RunStore
+
+        with RunStore(pairs) as store:
+            records = store.stage(STAGE).records(PairRecord)
+        if not records:
+            raise InputError("the run has no pairs", path=pairs, hint="run `cai rl sample` first")
+        both = preference.score(
+            model_dir, [r.prompt for r in records] * 2, [r.a for r in records] + [r.b for r in records], batch_size
+        )
+        rows = [
+            {"id": r.id, "kind": r.kind, "score_a": a, "score_b": b}
+            for r, a, b in zip(records, both[: len(records)], both[len(records) :], strict=True)
+        ]
+        columns = ["score_a", "score_b"]
+    if output is not None:
+        output.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        console.print(f"[green]wrote[/] {len(rows)} scored rows to {output}")
+        return
+    table = Table("#", "id", *columns, title=f"scores from {model_dir}")
+    for number, row in enumerate(rows, start=1):
+        table.add_row(str(number), str(row.get("id", "")), *(f"{row[c]:.3f}" for c in columns))
+    out.print(table)
+
+
 # ---- RL against the preference model (rl train) ----------------------------------------------------------------
+
+
+@rl_app.command("train", context_settings=OVERRIDES, epilog=_field_help("rl"))
+@friendly_errors
+def rl_train(ctx: typer.Context, config: ConfigOption = None, force: ForceOption = False) -> None:
+    """RL the policy against the preference model (TRL RLOO, or --algo grpo), or DPO on labelled pairs (--algo dpo).
+
+    Starts from the SL-CAI model when the run has one; saves the merged model as safetensors to RUN_DIR/rl_model.
+    Example: `cai rl train --config recipes/demo.yaml --algo rloo --max-steps 4`
+    """
+    run_stages(_recipe(config, ctx, "rl"), ["rl_train"], force)
 
 
 # ---- evaluation (eval compare) and the report ------------------------------------------------------------------
 
 
+@eval_app.command("compare", context_settings=OVERRIDES, epilog=_field_help("evaluate"))
+@friendly_errors
+def eval_compare(ctx: typer.Context, config: ConfigOption = None, force: ForceOption = False) -> None:
+    """Compare the base, SL-CAI and RL-CAI models on held-out prompts: Elo, harmfulness, evasiveness, revisions.
+
+    Resumes where a previous run stopped; writes RUN_DIR/evaluate/summary.json. Example:
+    `cai eval compare --config recipes/demo.yaml --max-prompts 4`
+    """
+    from constitutional.records import EvalSummary
+
+    recipe = _recipe(config, ctx, "evaluate")
+    run_stages(recipe, ["evaluate"], force)
+    path = Path(recipe.run_dir) / "evaluate" / "summary.json"
+    summary = EvalSummary.model_validate_json(path.read_text(encoding="utf-8"))
+    for criterion, rows in summary.elo.items():
+        table = Table("model", "Elo", "interval", "comparisons", title=f"{criterion} Elo (judge: {summary.judge})")
+        for row in sorted(rows, key=lambda r: -r.elo.value):
+            table.add_row(
+                row.model, f"{row.elo.value:+.0f}", f"{row.elo.low:+.0f} .. {row.elo.high:+.0f}", str(row.comparisons)
+            )
+        out.print(table)
+    table = Table("model", "temperature", "judge harm 0-4", "PM score", "evasive: judge", "evasive: lexical")
+    evasive = {row.model: row for row in summary.evasiveness}
+    for row in summary.harmfulness:
+        e = evasive.get(row.model)
+        table.add_row(
+            row.model,
+            f"{row.temperature:g}",
+            f"{row.judge_score.value:.2f}",
+            f"{row.pm_score.value:.2f}" if row.pm_score else "-",
+            f"{e.judge_share.value:.0%}" if e else "-",
+            f"{e.lexical_share.value:.0%}" if e else "-",
+        )
+    out.print(table)
+    out.print(f"details: {path}")
+
+
+@app.command("report")
+@friendly_errors
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory to report on.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to write the HTML file.")] = None,
+) -> None:
+    """Write one self-contained HTML report (Elo, revision curve, feedback calibration, SL-CAI trace browser).
+
+    Works after any prefix of the pipeline: a section whose stage has not run names the command that makes it.
+    Writes RUN_DIR/report.html unless --output is given. Example: `cai report runs/demo`
+    """
+    from constitutional.evaluate.report import write_report
+
+    summary = write_report(run_dir, output)
+    missing = ", ".join(summary["missing"]) or "none"
+    out.print(f"report: [bold]{Path(summary['path']).resolve()}[/] (sections not run yet: {missing})")
+
+
 # ---- the whole pipeline ----------------------------------------------------------------------------------------
+
+
+StagesOption = Annotated[
+    str | None, typer.Option("--stages", help="Comma-separated stages to run (default: all, in pipeline order).")
+]
+
+
+@app.command("run", context_settings=OVERRIDES)
+@friendly_errors
+def run(
+    ctx: typer.Context,
+    recipe_path: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML; flags override it.")],
+    stages: StagesOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Run a recipe's stages in order: SL generate, SL train, sample, label, PM, RL, evaluate, report.
+
+    A stage already complete for the same config is skipped, a stage stopped part-way resumes, a stage whose config
+    (or an upstream stage's) changed is redone. Decisions go to `RUN_DIR/stages.log`. Example:
+    `cai run recipes/demo.yaml --stages sl_generate,sl_train --run-dir runs/mine`
+    """
+    from constitutional.recipe import load_recipe, parse_overrides
+
+    recipe = load_recipe(recipe_path, parse_overrides(ctx.args, None))
+    run_stages(recipe, stages.split(",") if stages else None, force)
+    _print_report_location(Path(recipe.run_dir))
+
+
+@app.command("demo", context_settings=OVERRIDES)
+@friendly_errors
+def demo(ctx: typer.Context, stages: StagesOption = None, force: ForceOption = False) -> None:
+    """The whole pipeline on the embedded models with the demo recipe (about 20 minutes on a 2-core laptop).
+
+    Same as `cai run` on the packaged demo recipe; flags override it. Example: `cai demo --run-dir runs/demo2`
+    """
+    from constitutional.recipe import DEMO_RECIPE, load_recipe, parse_overrides
+
+    recipe = load_recipe(DEMO_RECIPE, parse_overrides(ctx.args, None))
+    run_stages(recipe, stages.split(",") if stages else None, force)
+    _print_report_location(Path(recipe.run_dir))
+
+
+def _print_report_location(run_dir: Path) -> None:
+    report = run_dir / "report.html"
+    if report.exists():
+        out.print(f"report: [bold]{report.resolve()}[/]")
 
 
 def main() -> None:

@@ -49,7 +49,7 @@ def stage(name: str, command: str, config: Callable[[Recipe], dict[str, Any]], a
 @dataclass
 class Outcome:
     name: str
-    action: str  # skipped | ran | resumed | redone
+    action: str  # skipped | ran | resumed | redone | restarted
     seconds: float
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -79,19 +79,22 @@ def run_stage(recipe: Recipe, store: RunStore, name: str, force: bool = False) -
     stage_dir = store.stage(name)
     config = fingerprint(recipe, store, definition)
     previous = stage_dir.status
+    action = "resumed" if previous else "ran"
     if force and previous:
         stage_dir.reset()
+        action = "ran"
         _log(store, name, "forced: outputs removed")
     elif stage_dir.is_complete(config):
         _log(store, name, "skipped: complete for this config")
         return Outcome(name, "skipped", 0.0, previous.get("summary", {}))
     elif previous and previous.get("config_hash") != config_hash(config):
         stage_dir.reset()
+        action = "redone"
         _log(store, name, "config changed: outputs removed, redoing")
     elif previous and not definition.resumable:
         stage_dir.reset()
+        action = "restarted"
         _log(store, name, "interrupted earlier: restarting (training keeps no partial state)")
-    action = "resumed" if stage_dir.status else ("redone" if previous and not force else "ran")
     _log(store, name, "resuming from the records on disk" if action == "resumed" else "starting")
     stage_dir.start(config)
     began = time.monotonic()
@@ -151,3 +154,146 @@ def _sl_train(recipe: Recipe, store: RunStore) -> dict[str, Any]:
     from constitutional import sl_train
 
     return sl_train.train(store, recipe.models.policy.name, recipe.sl_train, recipe.seed)
+
+
+def _rl_label_config(recipe: Recipe) -> dict[str, Any]:
+    from constitutional.constitution import load_constitution
+
+    return {
+        "label": recipe.label.model_dump(),
+        "constitution": load_constitution(recipe.constitution).tag,
+        "feedback": recipe.models.feedback.model_dump(include={"name", "backend", "base_url"}),
+        "seed": recipe.seed,
+    }
+
+
+@stage("rl_label", "cai rl label", _rl_label_config, after=["rl_sample"])
+def _rl_label(recipe: Recipe, store: RunStore) -> dict[str, Any]:
+    from constitutional import feedback
+    from constitutional.constitution import load_constitution
+    from constitutional.models import load_model
+
+    constitution = load_constitution(recipe.constitution)
+    return feedback.label(store, load_model(recipe.models.feedback), constitution, recipe.label, recipe.seed)
+
+
+def _rl_train_config(recipe: Recipe) -> dict[str, Any]:
+    return {"rl": recipe.rl.model_dump(), "base_model": recipe.models.policy.name, "seed": recipe.seed}
+
+
+# After pm_train, which itself follows rl_label: a changed preference model or relabelled pairs redo RL (and DPO).
+@stage("rl_train", "cai rl train", _rl_train_config, after=["pm_train"], resumable=False)
+def _rl_train(recipe: Recipe, store: RunStore) -> dict[str, Any]:
+    from constitutional import rl
+
+    return rl.train(store, recipe.models.policy.name, recipe.rl, recipe.seed)
+
+
+_MODEL_KEYS = {"name", "backend", "base_url"}
+
+
+def _evaluate_config(recipe: Recipe) -> dict[str, Any]:
+    import json
+    from pathlib import Path
+
+    from constitutional.evaluate.suite import candidate_specs, preference_model_dir
+
+    run_dir = Path(recipe.run_dir)
+    manifest = run_dir / "manifest.json"
+    stages = json.loads(manifest.read_text(encoding="utf-8"))["stages"] if manifest.exists() else {}
+    candidates = candidate_specs(recipe.models.policy, run_dir, recipe.evaluate.candidates)
+    return {
+        "evaluate": recipe.evaluate.model_dump(),
+        "candidates": {label: spec.model_dump(include=_MODEL_KEYS) for label, spec in candidates.items()},
+        "judge": recipe.models.judge.model_dump(include=_MODEL_KEYS),
+        "preference_model": preference_model_dir(run_dir) is not None,
+        # Every upstream output is optional here (no `after`), but a retrained model or new SL records still
+        # make earlier answers and scores stale: their stages' config hashes are part of this stage's config.
+        "upstream": {name: stages.get(name, {}).get("config_hash") for name in ORDER[: ORDER.index("evaluate")]},
+        "seed": recipe.seed,
+    }
+
+
+@stage("evaluate", "cai eval compare", _evaluate_config)
+def _evaluate(recipe: Recipe, store: RunStore) -> dict[str, Any]:
+    from constitutional.evaluate import suite
+    from constitutional.models import load_model
+
+    candidates = suite.candidate_specs(recipe.models.policy, store.dir, recipe.evaluate.candidates)
+    return suite.evaluate(store, recipe.evaluate, candidates, recipe.models.judge, recipe.seed, load_model)
+
+
+def _finished_config_hash(recipe: Recipe, name: str) -> str | None:
+    """An upstream stage's config hash read from the manifest, for stages whose upstream is optional."""
+    import json
+    from pathlib import Path
+
+    manifest = Path(recipe.run_dir) / "manifest.json"
+    stages = json.loads(manifest.read_text(encoding="utf-8"))["stages"] if manifest.exists() else {}
+    status = stages.get(name, {})
+    return status.get("config_hash") if status.get("status") == "complete" else None
+
+
+def _rl_sample_config(recipe: Recipe) -> dict[str, Any]:
+    from constitutional.constitution import load_constitution
+    from constitutional.pairs import policy_spec
+
+    policy = policy_spec(recipe.models.policy, recipe.run_dir, recipe.sample.policy)
+    uses_sl_model = policy.name != recipe.models.policy.name
+    return {
+        "sample": recipe.sample.model_dump(),
+        "constitution": load_constitution(recipe.constitution).tag,
+        "policy": policy.model_dump(include=_MODEL_KEYS),
+        # The SL-CAI model is optional upstream (no `after`), but when it answers, retraining it redoes the pairs.
+        "sl_train": _finished_config_hash(recipe, "sl_train") if uses_sl_model else None,
+        "seed": recipe.seed,
+    }
+
+
+@stage("rl_sample", "cai rl sample", _rl_sample_config)
+def _rl_sample(recipe: Recipe, store: RunStore) -> dict[str, Any]:
+    from constitutional import pairs
+    from constitutional.constitution import load_constitution
+    from constitutional.models import load_model
+
+    policy = load_model(pairs.policy_spec(recipe.models.policy, store.dir, recipe.sample.policy))
+    tag = load_constitution(recipe.constitution).tag
+    return pairs.sample(store, policy, tag, recipe.sample, recipe.seed)
+
+
+def _pm_train_config(recipe: Recipe) -> dict[str, Any]:
+    import hashlib
+    from pathlib import Path
+
+    data = recipe.pm.preference_data
+    if data is None:
+        upstream = _finished_config_hash(recipe, "rl_label")
+        if upstream is None:
+            raise InputError(
+                f"stage 'pm_train' reads the output of 'rl_label', which is not complete in {recipe.run_dir}",
+                hint="run `cai rl label` with the same --config first, or train on a file with --preference-data",
+            )
+    elif not Path(data).is_file():
+        raise InputError("preference data file not found", path=data, field="pm.preference_data")
+    else:
+        upstream = hashlib.sha256(Path(data).read_bytes()).hexdigest()[:16]  # a changed file retrains
+    return {"pm": recipe.pm.model_dump(), "data": upstream, "seed": recipe.seed}
+
+
+# No `after`: imported preference data needs no labelling stage; the run's labels enter through the config's hash.
+@stage("pm_train", "cai pm train", _pm_train_config, resumable=False)
+def _pm_train(recipe: Recipe, store: RunStore) -> dict[str, Any]:
+    from constitutional import preference
+
+    return preference.train(store, recipe.pm, recipe.seed)
+
+
+def _report_config(recipe: Recipe) -> dict[str, Any]:
+    return {}  # the report has no settings; it is redone whenever the evaluation it shows changes
+
+
+@stage("report", "cai report RUN_DIR", _report_config, after=["evaluate"], resumable=False)
+def _report(recipe: Recipe, store: RunStore) -> dict[str, Any]:
+    from constitutional.evaluate import report
+
+    return report.write_report(store.dir)

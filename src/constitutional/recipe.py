@@ -23,6 +23,10 @@ from constitutional.sl import SLConfig
 from constitutional.sl_train import SLTrainConfig
 from constitutional.yamlfile import load_yaml
 
+# The laptop recipe ships inside the package so `cai demo` works wherever the package is installed;
+# recipes/demo.yaml in the repository is a link to it.
+DEMO_RECIPE = Path(__file__).parent / "data" / "recipes" / "demo.yaml"
+
 
 class Roles(BaseModel):
     """Each role names its own model: the policy being aligned is never its own judge by accident."""

@@ -106,3 +106,124 @@ class ComparisonRecord(Record):
             "kind": self.kind,
             "id": self.id,
         }
+
+
+class Interval(BaseModel):
+    """A mean (or fitted value) with a confidence interval."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: float
+    low: float
+    high: float
+
+
+class EloRow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="The candidate's label (base, sl, rl, or as named in the recipe).")
+    elo: Interval
+    comparisons: int
+
+
+class HarmfulnessRow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    temperature: float
+    judge_score: Interval = Field(description="Mean 0-4 harmfulness from the judge's rubric (4 = most harmful).")
+    pm_score: Interval | None = Field(description="Mean preference-model score; None without a preference model.")
+    responses: int
+
+
+class EvasivenessRow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    judge_share: Interval = Field(description="Share of answers the judge calls evasive.")
+    lexical_share: Interval = Field(description="Share flagged by the lexical refusal detector.")
+    agreement: float = Field(description="Share of answers on which the judge and the lexical detector agree.")
+    responses: int
+
+
+class RevisionPoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    revision: int = Field(description="0 is the initial answer, n the n-th revision.")
+    harmlessness: Interval = Field(description="Preference-model score of the answer at this revision.")
+    helpfulness: Interval = Field(description="The judge's helpfulness score of the answer at this revision.")
+
+
+class EvalSummary(BaseModel):
+    """What the evaluate stage concludes; written to run_dir/evaluate/summary.json, read by the report."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    judge: str
+    elo: dict[str, list[EloRow]] = Field(description="Criterion (helpfulness, harmlessness) -> one row per model.")
+    harmfulness: list[HarmfulnessRow]
+    evasiveness: list[EvasivenessRow]
+    revision_curve: list[RevisionPoint]
+    revision_harmlessness: Literal["preference_model", "judge"] = Field(
+        default="preference_model",
+        description="What scored harmlessness in the revision curve: the preference model, or, without one, "
+        "the judge (4 minus its 0-4 harmfulness rating).",
+    )
+
+
+class EvalAnswer(BaseModel):
+    """A candidate's answer to a held-out prompt."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["answer"] = "answer"
+    model: str = Field(description="The candidate's label (base, sl, rl, or as named in the recipe).")
+    model_name: str = Field(description="The weights behind the label: an embedded name, HF id or path.")
+    prompt_id: str
+    kind: Literal["red_team", "helpful"]
+    prompt: list[Message]
+    temperature: float
+    text: str
+    seed: int
+
+
+class EvalPairwise(BaseModel):
+    """The judge's preference between two candidates' answers to one prompt under one criterion."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["pairwise"] = "pairwise"
+    criterion: Literal["helpfulness", "harmlessness"]
+    prompt_id: str
+    a: str = Field(description="Label of the candidate whose answer is 'a'.")
+    b: str
+    p_a: float = Field(ge=0.0, le=1.0, description="P(a better), the mean of both presentation orders.")
+    p_a_first: float = Field(ge=0.0, le=1.0, description="P(a better) with a shown as (A).")
+    p_a_second: float = Field(ge=0.0, le=1.0, description="P(a better) with a shown as (B).")
+    logprobs: list[list[float]] = Field(description="[log p(A), log p(B)] for the a-first and the a-second order.")
+    judge: str
+
+
+class EvalRating(BaseModel):
+    """One score of one text: a judge rubric (expected value over its options) or the preference model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["rating"] = "rating"
+    metric: Literal["harmfulness", "helpfulness", "evasive", "pm"] = Field(
+        description="harmfulness/helpfulness: 0-4 expected rating; evasive: P(yes); pm: preference-model score."
+    )
+    target: str = Field(description="Id of the answer rated, or sl:<record id>:<revision> for the revision curve.")
+    model: str = Field(description="Candidate label, or 'sl_generate' for revision-curve texts.")
+    temperature: float | None = None
+    revision: int | None = Field(default=None, description="Revision number for revision-curve texts.")
+    score: float
+    probs: list[float] = Field(default_factory=list, description="The judge's normalized option probabilities.")
+    scorer: str = Field(description="The judge's name, or the preference model's folder.")
+
+
+class EvalRecord(Record):
+    """One line of the evaluate stage: an answer, a pairwise judgement or a rating (one shard stream, one reset)."""
+
+    entry: EvalAnswer | EvalPairwise | EvalRating = Field(discriminator="type")

@@ -16,7 +16,13 @@ from typing import Any
 from constitutional.errors import InputError
 from constitutional.records import PromptRecord, RejectedRecord
 
-BUILTIN_PROMPTS = {"red-team": "red_team.jsonl", "helpful": "helpful.jsonl"}
+BUILTIN_PROMPTS = {
+    "red-team": "red_team.jsonl",
+    "helpful": "helpful.jsonl",
+    # Held out from training, for the evaluate stage.
+    "eval-red-team": "eval_red_team.jsonl",
+    "eval-helpful": "eval_helpful.jsonl",
+}
 _ROLES = {"system", "user", "assistant"}
 
 

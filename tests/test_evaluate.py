@@ -1,0 +1,232 @@
+"""The evaluate stage with scripted candidates and a scripted judge whose preferences are known."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from constitutional import pipeline
+from constitutional.evaluate import suite
+from constitutional.evaluate.pairwise import compare
+from constitutional.recipe import Recipe
+from constitutional.records import EvalRecord, EvalSummary, RevisionStep, SLRecord
+from constitutional.store import RunStore
+
+# What each candidate always answers: base helps with anything (harmful), sl refuses bare (evasive),
+# rl declines with a reason and an alternative (harmless and engaged).
+STYLES = {
+    "policy": "Sure, here is exactly how to do it. HARM",
+    "sl": "I can't help with that.",
+    "rl": "I won't help with that, because it could hurt someone; you could talk to a counsellor instead.",
+}
+# The judge's taste, per criterion: higher wins.
+TASTE = {
+    "helpfulness": {"HARM": 2.0, "counsellor": 1.0, "can't help with that.": 0.0},
+    "harmlessness": {"counsellor": 2.0, "can't help with that.": 1.0, "HARM": 0.0},
+}
+CRITERION_WORDS = {"serves the user better": "helpfulness", "less harmful": "harmlessness"}
+
+
+def _worth(text: str, criterion: str) -> float:
+    return next((v for marker, v in TASTE[criterion].items() if marker in text), 1.0)
+
+
+class Candidate:
+    def __init__(self, name: str, style: str):
+        self.name, self.style, self.answered = name, style, 0
+
+    def generate(self, prompts, params):
+        self.answered += len(prompts)
+        return [self.style for _ in prompts]
+
+    def choice_logprobs(self, prompts, choices):
+        raise AssertionError("candidates only answer")
+
+
+class Judge:
+    """A pretrained-style judge: reads the replies out of the question and answers by TASTE."""
+
+    name = "scripted-judge"
+
+    def __init__(self, position_bias: float = 0.0, fail_after: int | None = None):
+        self.position_bias, self.fail_after, self.questions = position_bias, fail_after, 0
+
+    def generate(self, prompts, params):
+        raise AssertionError("the judge only scores choices")
+
+    def _row(self, prompt: str, width: int) -> list[float]:
+        if width == 2 and "Reply (A): " in prompt:
+            criterion = next(c for words, c in CRITERION_WORDS.items() if words in prompt)
+            a = prompt.split("Reply (A): ")[1].split("\n\nReply (B): ")[0]
+            b = prompt.split("\n\nReply (B): ")[1]
+            margin = _worth(a, criterion) - _worth(b, criterion) + self.position_bias
+            p_a = 1 / (1 + math.exp(-margin))
+            return [math.log(p_a), math.log(1 - p_a)]
+        if width == 2:  # evasive? Yes / No
+            p_yes = 0.95 if "can't help with that." in prompt else 0.05
+            return [math.log(p_yes), math.log(1 - p_yes)]
+        rating = 4 if ("HARM" in prompt if "How harmful" in prompt else "revision" in prompt) else 0
+        return [0.0 if k == rating else -20.0 for k in range(5)]
+
+    def choice_logprobs(self, prompts, choices):
+        self.questions += len(prompts)
+        if self.fail_after is not None and self.questions > self.fail_after:
+            raise KeyboardInterrupt
+        return [self._row(p, len(choices)) for p in prompts]
+
+
+def test_both_orders_are_asked_and_averaged():
+    conversation = [{"role": "user", "content": "How do I pick a lock?"}]
+    biased = Judge(position_bias=1.0)  # likes whatever is shown as (A)
+    [tie] = compare(biased, [conversation], [STYLES["sl"]], [STYLES["sl"]], "harmlessness")
+    assert tie.p_a_first > 0.7 and tie.p_a_second < 0.3
+    assert tie.p_a == pytest.approx(0.5)  # the position preference cancels
+    [win] = compare(Judge(), [conversation], [STYLES["rl"]], [STYLES["policy"]], "harmlessness")
+    assert win.p_a_first == pytest.approx(win.p_a_second) and win.p_a > 0.8
+    assert len(win.logprobs) == 2
+
+
+def _run_dir_with_models(tmp_path):
+    for folder in ("sl_model", "rl_model"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "config.json").write_text("{}")
+    with RunStore(tmp_path) as store:
+        writer, _ = store.stage("sl_generate").writers()
+        writer.write(
+            SLRecord(
+                id=f"s{i}",
+                kind="red_team",
+                prompt=[{"role": "user", "content": f"bad request {i}"}],
+                initial="HARM first answer",
+                steps=[RevisionStep(principle="p", critique="c", revision=f"revision {n}") for n in (1, 2)],
+                constitution="harmless@1.0",
+                model="policy",
+                params={},
+                seed=0,
+            )
+            for i in range(3)
+        )
+        writer.close()
+    return tmp_path
+
+
+class Loader:
+    def __init__(self, judge: Judge):
+        self.judge, self.loaded = judge, []
+
+    def __call__(self, spec):
+        self.loaded.append(spec.name)
+        if spec.name == "judge":
+            return self.judge
+        label = spec.name.rsplit("_model", 1)[0].rsplit("/", 1)[-1] if spec.name.endswith("_model") else spec.name
+        return Candidate(spec.name, STYLES[label])
+
+
+def _recipe(run_dir) -> Recipe:
+    return Recipe.model_validate(
+        {
+            "run_dir": str(run_dir),
+            "models": {"policy": {"name": "policy"}, "judge": {"name": "judge"}},
+            "evaluate": {"max_prompts": 3, "bootstrap": 50, "chunk_size": 4, "revision_records": 2},
+        }
+    )
+
+
+def test_stage_end_to_end_writes_a_summary_that_ranks_by_the_judges_taste(tmp_path, monkeypatch):
+    run_dir = _run_dir_with_models(tmp_path)
+    loader = Loader(Judge())
+    monkeypatch.setattr("constitutional.models.load_model", loader)
+    [outcome] = pipeline.run(_recipe(run_dir), ["evaluate"])
+    summary = EvalSummary.model_validate_json((run_dir / "evaluate" / "summary.json").read_text())
+    ranking = {c: [r.model for r in sorted(rows, key=lambda r: -r.elo.value)] for c, rows in summary.elo.items()}
+    assert ranking == {"helpfulness": ["base", "rl", "sl"], "harmlessness": ["rl", "sl", "base"]}
+    assert all(row.comparisons == 2 * 3 for rows in summary.elo.values() for row in rows)  # 3 prompts x 2 rivals
+    harm = {(r.model, r.temperature): r.judge_score.value for r in summary.harmfulness}
+    assert set(harm) == {(m, t) for m in ("base", "sl", "rl") for t in (1.0, 0.0)}
+    assert harm[("base", 1.0)] == pytest.approx(4.0, abs=1e-6) and harm[("rl", 0.0)] == pytest.approx(0.0, abs=1e-6)
+    assert all(r.pm_score is None for r in summary.harmfulness)
+    evasive = {r.model: r for r in summary.evasiveness}
+    assert evasive["sl"].judge_share.value == 1.0 and evasive["sl"].lexical_share.value == 1.0
+    assert evasive["rl"].judge_share.value == 0.0 and all(r.agreement == 1.0 for r in summary.evasiveness)
+    assert summary.revision_harmlessness == "judge"
+    assert [p.revision for p in summary.revision_curve] == [0, 1, 2]
+    assert summary.revision_curve[0].harmlessness.value == pytest.approx(0.0, abs=1e-6)
+    assert summary.revision_curve[2].harmlessness.value == pytest.approx(4.0, abs=1e-6)
+    assert outcome.summary["answers"] == 3 * (3 + 3 + 3)  # per model: red-team at T=1 and T=0, helpful at T=1
+    assert set(outcome.summary["harmlessness_elo"]) == {"base", "sl", "rl"}
+
+
+def test_a_killed_stage_resumes_without_redoing_or_duplicating_anything(tmp_path, monkeypatch):
+    run_dir = _run_dir_with_models(tmp_path)
+    monkeypatch.setattr("constitutional.models.load_model", Loader(Judge(fail_after=20)))
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(_recipe(run_dir), ["evaluate"])
+    with RunStore(run_dir) as store:
+        before = {r.id for r in store.stage("evaluate").records(EvalRecord)}
+    assert before and not (run_dir / "evaluate" / "summary.json").exists()
+
+    loader = Loader(Judge())
+    monkeypatch.setattr("constitutional.models.load_model", loader)
+    [outcome] = pipeline.run(_recipe(run_dir), ["evaluate"])
+    assert outcome.action == "resumed"
+    assert loader.loaded == ["judge"]  # every answer was on disk: no candidate was loaded again
+    lines = [json.loads(line) for path in (run_dir / "evaluate").glob("part-*.jsonl") for line in path.open()]
+    ids = [line["id"] for line in lines]
+    assert len(ids) == len(set(ids)) and before <= set(ids)
+    fresh = tmp_path.parent / (tmp_path.name + "-fresh")
+    fresh.mkdir()
+    monkeypatch.setattr("constitutional.models.load_model", Loader(Judge()))
+    pipeline.run(_recipe(_run_dir_with_models(fresh)), ["evaluate"])
+    with RunStore(fresh) as store:
+        assert {r.id for r in store.stage("evaluate").records(EvalRecord)} == set(ids)
+
+
+def test_candidates_are_the_policy_plus_the_run_models_that_exist_plus_the_recipes(tmp_path):
+    from constitutional.models.spec import ModelSpec
+
+    policy = ModelSpec(name="policy", batch_size=3)
+    assert list(suite.candidate_specs(policy, tmp_path, {})) == ["base"]
+    (tmp_path / "rl_model").mkdir()
+    (tmp_path / "rl_model" / "config.json").write_text("{}")
+    found = suite.candidate_specs(policy, tmp_path, {"other": ModelSpec(name="gpt2")})
+    assert list(found) == ["base", "rl", "other"]
+    assert found["rl"].name == str(tmp_path / "rl_model") and found["rl"].batch_size == 3
+
+
+@pytest.mark.parametrize("judge_fixture", ["tiny_base_model_path", "tiny_model_path"])
+def test_stage_with_real_tiny_models_a_preference_model_and_both_judge_kinds(tmp_path, request, judge_fixture):
+    """The real transformers path: tiny candidates, a pretrained or chat judge, and a preference model on disk."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    tiny, judge = request.getfixturevalue("tiny_model_path"), request.getfixturevalue(judge_fixture)
+    run_dir = _run_dir_with_models(tmp_path)
+    for folder in ("sl_model", "rl_model"):  # the scripted placeholders become real (tiny) saved models
+        for item in tiny.iterdir():
+            (run_dir / folder / item.name).write_bytes(item.read_bytes())
+    torch.manual_seed(0)
+    pm = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(tiny, num_labels=1))
+    pm.save_pretrained(run_dir / "preference_model")
+    AutoTokenizer.from_pretrained(tiny).save_pretrained(run_dir / "preference_model")
+    recipe = Recipe.model_validate(
+        {
+            "run_dir": str(run_dir),
+            "models": {"policy": {"name": str(tiny), "dtype": "float32"}, "judge": {"name": str(judge)}},
+            "evaluate": {
+                "max_prompts": 2,
+                "bootstrap": 20,
+                "revision_records": 1,
+                "sampling": {"max_new_tokens": 4},
+            },
+        }
+    )
+    [outcome] = pipeline.run(recipe, ["evaluate"])
+    summary = EvalSummary.model_validate_json((run_dir / "evaluate" / "summary.json").read_text())
+    assert summary.revision_harmlessness == "preference_model"
+    assert [p.revision for p in summary.revision_curve] == [0, 1, 2]
+    assert all(row.pm_score is not None for row in summary.harmfulness)
+    assert {row.model for rows in summary.elo.values() for row in rows} == {"base", "sl", "rl"}
+    assert all(0.0 <= row.judge_score.value <= 4.0 for row in summary.harmfulness)
+    assert outcome.summary["comparisons"] == 2 * 2 * 3  # 2 criteria x 2 prompts x 3 pairs

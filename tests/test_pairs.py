@@ -1,0 +1,182 @@
+"""Response pairs: two answers per prompt in one batched call, refusals kept with reasons, resume, the policy."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from constitutional.models.base import SamplingParams
+from constitutional.models.spec import ModelSpec
+from constitutional.pairs import PairsConfig, policy_spec, sample, sample_pairs
+from constitutional.records import PairRecord, PromptRecord
+from constitutional.store import RunStore
+
+
+class ScriptedModel:
+    """Numbers every answer it gives, so the two copies of a prompt get different answers unless told otherwise."""
+
+    name = "scripted"
+
+    def __init__(self, answer=None):
+        self.calls: list[list] = []
+        self.answer = answer or (lambda prompt, number: f"answer {number} to {prompt[-1]['content']}")
+
+    def generate(self, prompts, params: SamplingParams) -> list[str]:
+        self.calls.append(list(prompts))
+        start = sum(len(call) for call in self.calls[:-1])
+        return [self.answer(p, start + i) for i, p in enumerate(prompts)]
+
+    def choice_logprobs(self, prompts, choices):
+        raise AssertionError("sampling never scores choices")
+
+
+def _prompts(n: int, prefix: str = "p") -> list[PromptRecord]:
+    return [
+        PromptRecord(id=f"{prefix}{i}", messages=[{"role": "user", "content": f"question {i}"}], source="t")
+        for i in range(n)
+    ]
+
+
+def test_one_batched_call_holds_every_prompt_twice_and_gives_two_different_answers():
+    model = ScriptedModel()
+    pairs, rejected = sample_pairs(model, _prompts(3), "red_team", "harmless@1.0", SamplingParams(), seed=0)
+    assert len(model.calls) == 1 and len(model.calls[0]) == 6
+    assert model.calls[0][:3] == model.calls[0][3:]
+    assert not rejected and [p.id for p in pairs] == ["p0", "p1", "p2"]
+    assert all(p.a != p.b and p.a.endswith(f"question {i}") for i, p in enumerate(pairs))
+    assert pairs[0].model == "scripted" and pairs[0].constitution == "harmless@1.0" and pairs[0].kind == "red_team"
+
+
+def test_empty_or_identical_answers_are_rejected_with_a_reason():
+    def answer(prompt, number):
+        content = prompt[-1]["content"]
+        if content == "question 0" and number >= 3:
+            return "   "  # the second answer to the first prompt
+        if content == "question 1":
+            return "same words"
+        return f"answer {number}"
+
+    pairs, rejected = sample_pairs(
+        ScriptedModel(answer), _prompts(3), "helpful", "harmless@1.0", SamplingParams(), seed=0
+    )
+    assert [p.id for p in pairs] == ["p2"]
+    reasons = {r.id: r.reason for r in rejected}
+    assert "empty answer (b)" in reasons["p0"]
+    assert "identical" in reasons["p1"]
+
+
+def test_the_real_backend_gives_the_two_copies_different_answers(tiny_model_path):
+    from constitutional.models import load_model
+
+    model = load_model(ModelSpec(name=str(tiny_model_path), dtype="float32", batch_size=4))
+    params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=12, stop=[], seed=5)
+    pairs, rejected = sample_pairs(model, _prompts(3), "red_team", "c@1", params, seed=5)
+    assert not [r for r in rejected if "identical" in r.reason]
+    assert all(p.a != p.b for p in pairs)
+
+
+def _write_prompts(path, n: int) -> str:
+    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"question {i}"}) + "\n" for i in range(n)))
+    return str(path)
+
+
+def test_stage_writes_both_kinds_and_keeps_refused_prompts(tmp_path):
+    red = tmp_path / "red.jsonl"
+    red.write_text('{"id": "r1", "prompt": "bad thing"}\n{"id": "r2", "prompt": "  "}\n')
+    config = PairsConfig(red_team_prompts=str(red), helpful_prompts=_write_prompts(tmp_path / "h.jsonl", 2))
+    with RunStore(tmp_path / "run") as store:
+        summary = sample(store, ScriptedModel(), "harmless@1.0", config, seed=0)
+        records = store.stage("rl_sample").records(PairRecord)
+    assert sorted((r.kind, r.id) for r in records) == [("helpful", "q0"), ("helpful", "q1"), ("red_team", "r1")]
+    assert summary == {"pairs": 3, "rejected": 1, "policy": "scripted"}
+    assert records[0].params["temperature"] == 1.0
+
+
+class FailingModel(ScriptedModel):
+    """Dies on its n-th call, as a killed process would."""
+
+    def __init__(self, fail_on_call: int):
+        super().__init__()
+        self.fail_on_call = fail_on_call
+
+    def generate(self, prompts, params):
+        if len(self.calls) + 1 == self.fail_on_call:
+            raise KeyboardInterrupt
+        return super().generate(prompts, params)
+
+
+def test_rerun_after_interruption_samples_only_the_missing_prompts(tmp_path):
+    config = PairsConfig(red_team_prompts=_write_prompts(tmp_path / "p.jsonl", 5), helpful_prompts=None, chunk_size=2)
+    with RunStore(tmp_path / "run") as store, pytest.raises(KeyboardInterrupt):
+        sample(store, FailingModel(fail_on_call=2), "c@1", config, seed=0)  # dies on the second chunk
+    resumed = ScriptedModel()
+    with RunStore(tmp_path / "run") as store:
+        sample(store, resumed, "c@1", config, seed=0)
+        records = store.stage("rl_sample").records(PairRecord)
+    asked = [p[-1]["content"] for call in resumed.calls for p in call]
+    assert sorted(set(asked)) == ["question 2", "question 3", "question 4"] and len(asked) == 6
+    assert sorted(r.id for r in records) == ["q0", "q1", "q2", "q3", "q4"]
+
+
+def test_policy_is_the_sl_model_once_it_exists(tmp_path):
+    configured = ModelSpec(name="smollm2-135m-instruct", batch_size=7)
+    assert policy_spec(configured, tmp_path, "sl_model") == configured
+    (tmp_path / "sl_model").mkdir()
+    (tmp_path / "sl_model" / "config.json").write_text("{}")
+    chosen = policy_spec(configured, tmp_path, "sl_model")
+    assert chosen.name == str(tmp_path / "sl_model") and chosen.batch_size == 7
+    assert policy_spec(configured, tmp_path, "policy") == configured
+
+
+@pytest.mark.slow
+def test_rl_sample_then_pm_train_through_the_cli_with_the_real_model(tmp_path):
+    """4 prompts, 2 answers each from SmolLM2-135M-Instruct, then 2 PM steps on hand-made labels."""
+    from typer.testing import CliRunner
+
+    from constitutional.cli import app
+    from constitutional.records import ComparisonRecord
+
+    run_dir = tmp_path / "run"
+    runner = CliRunner()
+    common = ["--run-dir", str(run_dir), "--models.policy.batch-size", "8"]
+    result = runner.invoke(app, ["rl", "sample", *common, "--max-prompts", "2", "--sampling.max-new-tokens", "24"])
+    assert result.exit_code == 0, result.output
+    with RunStore(run_dir) as store:
+        pairs = store.stage("rl_sample").records(PairRecord)
+        assert len(pairs) + len(store.stage("rl_sample").rejected()) == 4
+        assert pairs and all(p.a != p.b for p in pairs) and pairs[0].model == "smollm2-135m-instruct"
+        # Labels made by hand, standing in for the feedback stage.
+        comparisons = [
+            ComparisonRecord(
+                id=p.id,
+                kind=p.kind,
+                prompt=p.prompt,
+                a=p.a,
+                b=p.b,
+                principles=["p"],
+                p_a=0.7,
+                p_a_first=0.7,
+                logprobs=[[math.log(0.7), math.log(0.3)]],
+                constitution=p.constitution,
+                model="hand",
+                seed=0,
+            )
+            for p in pairs
+        ]
+        label = store.stage("rl_label")
+        label.start({"hand": True})
+        writer, _ = label.writers()
+        writer.write(comparisons)
+        writer.close()
+        label.finish(comparisons=len(comparisons))
+    result = runner.invoke(
+        app,
+        ["pm", "train", "--run-dir", str(run_dir), "--max-steps", "2", "--batch-size", "2", "--eval-fraction", "0"],
+    )
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "preference_model" / "model.safetensors").exists()
+    result = runner.invoke(app, ["pm", "score", str(run_dir / "preference_model"), "--pairs", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert pairs[0].id in result.output
