@@ -142,11 +142,19 @@ def manual_score(model: TransformersModel, prompt, choice: str) -> float:
     return sum(logprobs[t - 1, ids[t]].item() for t in range(len(prompt_ids), len(ids)))
 
 
+CHOICE_SETS = {
+    "unrelated": [" (A)", " (B)", " The answer is Paris"],
+    "shared start, long tails": [" The answer is (A) for sure", " The answer is (B)", " The answer is"],
+}
+
+
+@pytest.mark.parametrize("choice_set", CHOICE_SETS)
 @pytest.mark.parametrize("which", ["chat_model", "base_model", "absolute_position_model"])
-def test_choice_logprobs_match_unpadded_computation(request, which):
+def test_choice_logprobs_match_unpadded_computation(request, which, choice_set):
     model = request.getfixturevalue(which)
-    # Choices of different token lengths, prompts of different lengths (text and chat) in the same batches.
-    choices = [" (A)", " (B)", " The answer is Paris"]
+    # Choices of different token lengths, prompts of different lengths (text and chat) in the same batches;
+    # shared first tokens are scored once on the prompt, the tails on its cache: both must equal a plain pass.
+    choices = CHOICE_SETS[choice_set]
     prompts = [*PROMPTS, CHAT]
     lengths = {len(model.tokenizer(c, add_special_tokens=False)["input_ids"]) for c in choices}
     assert len(lengths) > 1

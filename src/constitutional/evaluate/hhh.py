@@ -270,8 +270,8 @@ def reliability_diagram(result: MCResult, path: str | Path, title: str) -> None:
         ylim=(0, 1.05),
         xlabel="confidence (probability of the top-ranked choice)",
         ylabel="accuracy",
-        title=f"{title}\naccuracy {result.accuracy:.2f}, ECE {result.ece:.3f}",
     )
+    axes.set_title(f"{title}\naccuracy {result.accuracy:.2f}, ECE {result.ece:.3f}", fontsize=9)
     axes.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)

@@ -41,6 +41,15 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cpu" else torch.float32
 
 
+def common_prefix(sequences: Sequence[list[int]]) -> list[int]:
+    """The longest run of token ids every sequence starts with."""
+    shortest = min(sequences, key=len)
+    for i, token in enumerate(shortest):
+        if any(sequence[i] != token for sequence in sequences):
+            return shortest[:i]
+    return list(shortest)
+
+
 class StopOnText(StoppingCriteria):
     """Stops a sequence once its answer (never the prompt) contains a stop string.
 
@@ -145,30 +154,62 @@ class TransformersModel:
 
     @torch.inference_mode()
     def choice_logprobs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> list[list[float]]:
-        """Every prompt+choice sequence goes through one batched forward pass; no generation."""
-        # Prompt and choice are tokenized apart and joined, so exactly the choice's tokens are scored
+        """One forward pass per prompt over the prompt and the choices' shared first tokens; no generation.
+
+        Choices such as " (A)" / " (B)" differ only in their last tokens: those tails are scored on top of the
+        prompt's cached keys and values, so the prompt is processed once however many choices there are.
+        """
+        # Prompt and choices are tokenized apart and joined, so exactly the choice's tokens are scored
         # (joint tokenization could merge a token across the boundary and blur what is scored).
         choice_ids = [self.tokenizer(choice, add_special_tokens=False)["input_ids"] for choice in choices]
         if any(not ids for ids in choice_ids):
             raise InputError("a choice is empty after tokenization", field="choices", hint="pass non-empty choices")
-        sequences, spans = [], []
-        for prompt in prompts:
-            prompt_ids = self.render(prompt)
-            for ids in choice_ids:
-                sequences.append(prompt_ids + ids)
-                spans.append(len(ids))
-        scores = [0.0] * len(sequences)
+        shared = common_prefix(choice_ids)
+        tails = [ids[len(shared) :] for ids in choice_ids]
+        sequences = [self.render(prompt) + shared for prompt in prompts]
+        scores: list[list[float]] = [[] for _ in sequences]
         for indices in self._batches(sequences):
-            batch = self._pad([sequences[i] for i in indices])
-            keep = max(spans[i] for i in indices)
-            mask = batch["attention_mask"]
-            # With left padding, positions must count real tokens only.
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = self.model(**batch, position_ids=positions, logits_to_keep=keep + 1).logits[:, :-1].float()
-            logprobs = torch.log_softmax(logits, dim=-1)
-            targets = batch["input_ids"][:, -keep:]
-            token_scores = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            for row, i in enumerate(indices):
-                scores[i] = token_scores[row, keep - spans[i] :].sum().item()
-        width = len(choices)
-        return [scores[k : k + width] for k in range(0, len(scores), width)]
+            rows = self._score_batch(self._pad([sequences[i] for i in indices]), len(shared), tails)
+            for row, i in zip(rows, indices, strict=True):
+                scores[i] = row
+        return scores
+
+    def _score_batch(self, batch: dict[str, torch.Tensor], shared: int, tails: list[list[int]]) -> list[list[float]]:
+        """Log-probabilities of (shared tokens + each tail) at the end of every left-padded sequence."""
+        mask = batch["attention_mask"]
+        # With left padding, positions must count real tokens only.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(**batch, position_ids=positions, use_cache=True, logits_to_keep=shared + 1)
+        logprobs = torch.log_softmax(out.logits.float(), dim=-1)
+        targets = batch["input_ids"][:, batch["input_ids"].shape[1] - shared :]
+        shared_score = logprobs[:, :-1].gather(-1, targets.unsqueeze(-1)).sum(dim=(1, 2))
+        next_token = logprobs[:, -1]
+        totals = torch.stack(
+            [shared_score + (next_token[:, tail[0]] if tail else 0.0) for tail in tails], dim=1
+        )  # (batch, choices)
+        width = max(len(tail) for tail in tails) - 1
+        if width > 0:
+            totals += self._score_tail_rest(out.past_key_values, mask, positions, tails, width)
+        return totals.tolist()
+
+    def _score_tail_rest(self, cache, mask, positions, tails: list[list[int]], width: int) -> torch.Tensor:
+        """Scores of every tail token after the first, each choice continuing from a copy of the cached prompt."""
+        n = len(tails)
+        cache.batch_repeat_interleave(n)
+        pad = self.tokenizer.pad_token_id
+        inputs = torch.tensor(
+            [(tail[:-1] if tail else []) + [pad] * (width - max(len(tail) - 1, 0)) for tail in tails]
+        ).repeat(mask.shape[0], 1)
+        tail_mask = torch.tensor([[1] * max(len(t) - 1, 0) + [0] * (width - max(len(t) - 1, 0)) for t in tails])
+        tail_mask = tail_mask.repeat(mask.shape[0], 1)
+        device = self.model.device
+        out = self.model(
+            input_ids=inputs.to(device),
+            attention_mask=torch.cat([mask.repeat_interleave(n, 0), tail_mask.to(device)], dim=1),
+            position_ids=positions[:, -1:].repeat_interleave(n, 0) + torch.arange(1, width + 1, device=device),
+            past_key_values=cache,
+        )
+        logprobs = torch.log_softmax(out.logits.float(), dim=-1)
+        targets = torch.tensor([tail[1:] + [0] * (width - max(len(tail) - 1, 0)) for tail in tails])
+        token_scores = logprobs.gather(-1, targets.repeat(mask.shape[0], 1).unsqueeze(-1).to(device)).squeeze(-1)
+        return (token_scores * tail_mask.to(device)).sum(-1).view(mask.shape[0], n)
