@@ -230,3 +230,30 @@ def test_stage_with_real_tiny_models_a_preference_model_and_both_judge_kinds(tmp
     assert {row.model for rows in summary.elo.values() for row in rows} == {"base", "sl", "rl"}
     assert all(0.0 <= row.judge_score.value <= 4.0 for row in summary.harmfulness)
     assert outcome.summary["comparisons"] == 2 * 2 * 3  # 2 criteria x 2 prompts x 3 pairs
+
+
+@pytest.mark.slow
+def test_stage_with_the_embedded_models(tmp_path):
+    """The demo's models for real: the instruct policy against the pretrained model, judged by the latter."""
+    recipe = Recipe.model_validate(
+        {
+            "run_dir": str(tmp_path),
+            "models": {"policy": {"name": "smollm2-135m-instruct"}, "judge": {"name": "gemma3-270m"}},
+            "evaluate": {
+                "max_prompts": 2,
+                "candidates": {"pretrained": {"name": "gemma3-270m"}},
+                "sampling": {"max_new_tokens": 24},
+                "bootstrap": 50,
+            },
+        }
+    )
+    [outcome] = pipeline.run(recipe, ["evaluate"])
+    summary = EvalSummary.model_validate_json((tmp_path / "evaluate" / "summary.json").read_text())
+    assert {row.model for row in summary.elo["harmlessness"]} == {"base", "pretrained"}
+    assert all(row.comparisons == 2 for rows in summary.elo.values() for row in rows)
+    assert len(summary.harmfulness) == 4 and all(0 <= r.judge_score.value <= 4 for r in summary.harmfulness)
+    assert summary.revision_curve == []  # no SL-CAI records in this run
+    with RunStore(tmp_path) as store:
+        answers = [r.entry for r in store.stage("evaluate").records(EvalRecord) if r.entry.type == "answer"]
+    assert len(answers) == outcome.summary["answers"] == 2 * (2 + 2 + 2)
+    assert all(a.text.strip() for a in answers if a.model == "base")
