@@ -193,14 +193,11 @@ _MODEL_KEYS = {"name", "backend", "base_url"}
 
 
 def _evaluate_config(recipe: Recipe) -> dict[str, Any]:
-    import json
     from pathlib import Path
 
     from constitutional.evaluate.suite import candidate_specs, preference_model_dir
 
     run_dir = Path(recipe.run_dir)
-    manifest = run_dir / "manifest.json"
-    stages = json.loads(manifest.read_text(encoding="utf-8"))["stages"] if manifest.exists() else {}
     candidates = candidate_specs(recipe.models.policy, run_dir, recipe.evaluate.candidates)
     return {
         "evaluate": recipe.evaluate.model_dump(),
@@ -209,7 +206,7 @@ def _evaluate_config(recipe: Recipe) -> dict[str, Any]:
         "preference_model": preference_model_dir(run_dir) is not None,
         # Every upstream output is optional here (no `after`), but a retrained model or new SL records still
         # make earlier answers and scores stale: their stages' config hashes are part of this stage's config.
-        "upstream": {name: stages.get(name, {}).get("config_hash") for name in ORDER[: ORDER.index("evaluate")]},
+        "upstream": {name: _finished_config_hash(recipe, name) for name in ORDER[: ORDER.index("evaluate")]},
         "seed": recipe.seed,
     }
 
