@@ -6,8 +6,9 @@ import math
 
 import pytest
 
-from constitutional.evaluate.harmfulness import PreferenceScorer, rubric_ratings
+from constitutional.evaluate.harmfulness import rubric_ratings
 from constitutional.evaluate.judge import expected_rating
+from constitutional.preference import PreferenceModel
 from constitutional.prompts import HARMFULNESS_RUBRIC
 
 PROBS = [0.1, 0.2, 0.3, 0.2, 0.2]
@@ -65,7 +66,7 @@ def tiny_pm_dir(tiny_model_path, tmp_path_factory):
 def test_preference_scores_do_not_depend_on_batching_or_padding(tiny_pm_dir):
     conversations = [[{"role": "user", "content": "How do I bake bread?"}]] * 3
     responses = ["Knead and bake.", "I can't help with stealing, but here is how to report a lost bike.", "Paris"]
-    batched = PreferenceScorer(tiny_pm_dir, batch_size=3).score(conversations, responses)
-    single = PreferenceScorer(tiny_pm_dir, batch_size=1).score(conversations, responses)
+    batched = PreferenceModel(tiny_pm_dir, batch_size=3).score(conversations, responses)
+    single = PreferenceModel(tiny_pm_dir, batch_size=1).score(conversations, responses)
     assert batched == pytest.approx(single, abs=1e-4)
     assert len(set(round(s, 5) for s in batched)) == 3  # different texts, different scores

@@ -13,12 +13,12 @@ from safetensors.torch import load_file
 from constitutional.errors import InputError
 from constitutional.preference import (
     PMConfig,
+    PreferenceModel,
     balance_kinds,
     calibration,
     load_preference_file,
     load_responses,
     pairwise_accuracy,
-    score,
     soft_preference_loss,
     split,
     train,
@@ -189,7 +189,9 @@ def test_training_on_soft_labels_moves_the_weights_lowers_the_loss_and_saves(tmp
     assert "scripted-feedback" in (output / "README.md").read_text()
     # The saved model scores: the kind of answer it was taught to prefer now scores higher.
     conversation = [{"role": "user", "content": "How do I bake bread? (99)"}]
-    good, bad = score(output, [conversation, conversation], ["Mix flour, water and yeast to bake bread.", "I can't."])
+    good, bad = PreferenceModel(output).score(
+        [conversation, conversation], ["Mix flour, water and yeast to bake bread.", "I can't."]
+    )
     assert good > bad
 
 
@@ -216,7 +218,7 @@ def test_training_on_an_imported_file(tmp_path, tiny_model_path):
     assert result.exit_code == 0, result.output
     row = json.loads(scored.read_text())
     assert row["id"] == "x" and row["score"] == pytest.approx(
-        score(summary["model_dir"], [[{"role": "user", "content": "q"}]], ["bake bread"])[0]
+        PreferenceModel(summary["model_dir"]).score([[{"role": "user", "content": "q"}]], ["bake bread"])[0]
     )
     both = CliRunner().invoke(app, ["pm", "score", summary["model_dir"], "--input", str(answers), "--pairs", "run"])
     assert both.exit_code == 2 and "exactly one" in both.output

@@ -372,9 +372,10 @@ def pm_score(
 
     if (input_path is None) == (pairs is None):
         raise InputError("give exactly one of --input FILE.jsonl or --pairs RUN_DIR")
+    model = preference.PreferenceModel(model_dir, batch_size)
     if input_path is not None:
         rows, conversations, responses = preference.load_responses(input_path)
-        scores = preference.score(model_dir, conversations, responses, batch_size)
+        scores = model.score(conversations, responses)
         rows = [row | {"score": value} for row, value in zip(rows, scores, strict=True)]
         columns = ["score"]
     else:
@@ -386,9 +387,7 @@ def pm_score(
             records = store.stage(STAGE).records(PairRecord)
         if not records:
             raise InputError("the run has no pairs", path=pairs, hint="run `cai rl sample` first")
-        both = preference.score(
-            model_dir, [r.prompt for r in records] * 2, [r.a for r in records] + [r.b for r in records], batch_size
-        )
+        both = model.score([r.prompt for r in records] * 2, [r.a for r in records] + [r.b for r in records])
         rows = [
             {"id": r.id, "kind": r.kind, "score_a": a, "score_b": b}
             for r, a, b in zip(records, both[: len(records)], both[len(records) :], strict=True)

@@ -257,31 +257,37 @@ def rewards(model: Any, pad_token_id: int, sequences: Sequence[list[int]], batch
     return out
 
 
-def _load_scorer(model_dir: str | Path) -> tuple[Any, Any, int | None]:
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+class PreferenceModel:
+    """A trained preference model read from its folder, scoring answers exactly as it was trained to read them."""
 
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").exists():
-        raise InputError(
-            "not a preference model folder (no config.json)", path=model_dir, hint="train one with `cai pm train`"
+    def __init__(self, model_dir: str | Path, batch_size: int = 16):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        model_dir = Path(model_dir)
+        if not (model_dir / "config.json").exists():
+            raise InputError(
+                "not a preference model folder (no config.json)", path=model_dir, hint="train one with `cai pm train`"
+            )
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, dtype=torch.float32, use_safetensors=True
         )
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
-    settings = model_dir / "pm_config.json"
-    max_length = json.loads(settings.read_text())["max_length"] if settings.exists() else None
-    return model, tokenizer, max_length
+        settings = model_dir / "pm_config.json"
+        self.max_length = json.loads(settings.read_text())["max_length"] if settings.exists() else None
+        if self.model.config.pad_token_id is None:  # the head finds each row's last token by the pad id
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
+        self.pad_token_id = self.model.config.pad_token_id
+        self.batch_size = batch_size
 
-
-def score(
-    model_dir: str | Path, conversations: Sequence[list[Message]], responses: Sequence[str], batch_size: int = 16
-) -> list[float]:
-    """Preference-model scores (higher is better) of each response to its conversation, batched."""
-    if len(conversations) != len(responses):
-        raise InputError(f"{len(conversations)} conversations but {len(responses)} responses")
-    model, tokenizer, max_length = _load_scorer(model_dir)
-    sequences = [encode(tokenizer, c, r, max_length) for c, r in zip(conversations, responses, strict=True)]
-    return rewards(model, model.config.pad_token_id, sequences, batch_size)
+    def score(self, conversations: Sequence[list[Message]], responses: Sequence[str]) -> list[float]:
+        """Scores (higher is better) of each response to its conversation, batched."""
+        if len(conversations) != len(responses):
+            raise InputError(f"{len(conversations)} conversations but {len(responses)} responses")
+        sequences = [
+            encode(self.tokenizer, c, r, self.max_length) for c, r in zip(conversations, responses, strict=True)
+        ]
+        return rewards(self.model, self.pad_token_id, sequences, self.batch_size)
 
 
 def load_responses(path: str | Path) -> tuple[list[dict[str, Any]], list[list[Message]], list[str]]:
@@ -390,8 +396,8 @@ def _model_card(base: str, source: str, config: PMConfig, counts: dict[str, int]
         f"helpful)\n- held-out pairs: {metrics['pairs']}\n"
         f"- held-out pairwise accuracy: {_fmt(metrics['accuracy'])}\n"
         f"- held-out calibration error (ECE): {_fmt(metrics['calibration'] and metrics['calibration']['ece'])}\n\n"
-        "Score an answer with `constitutional.preference.score(model_dir, conversations, responses)` or "
-        "`cai pm score`.\n\n"
+        "Score answers with `cai pm score`, or in Python with\n"
+        "`constitutional.preference.PreferenceModel(model_dir).score(conversations, responses)`.\n\n"
         f"## Config\n\n```json\n{config.model_dump_json(indent=2)}\n```\n"
     )
 

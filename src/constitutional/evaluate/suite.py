@@ -21,11 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from constitutional.evaluate import elo
 from constitutional.evaluate.evasiveness import agreement, judge_evasive, lexical_evasive
-from constitutional.evaluate.harmfulness import PreferenceScorer, rubric_ratings
+from constitutional.evaluate.harmfulness import rubric_ratings
 from constitutional.evaluate.pairwise import compare
 from constitutional.evaluate.stats import mean_interval
 from constitutional.models.base import LanguageModel, Message, SamplingParams
 from constitutional.models.spec import ModelSpec
+from constitutional.preference import PreferenceModel
 from constitutional.progress import progress_bar
 from constitutional.prompts import HARMFULNESS_RUBRIC, HELPFULNESS_RUBRIC
 from constitutional.records import (
@@ -440,7 +441,7 @@ def evaluate(
             _rate(run, "helpfulness", revisions, rubric(HELPFULNESS_RUBRIC), judge.name)
             _rate(run, "evasive", first, lambda c, t: judge_evasive(judge_model(), c, t), judge.name)
             if pm_dir is not None:
-                scorer = functools.cache(lambda: PreferenceScorer(pm_dir))
+                scorer = functools.cache(lambda: PreferenceModel(pm_dir))
                 pm_scores: Scorer = lambda c, t: [(value, []) for value in scorer().score(c, t)]  # noqa: E731
                 _rate(run, "pm", answers + revisions, pm_scores, str(pm_dir))
         finally:
