@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from constitutional.errors import InputError
+from constitutional.finetuning import LoraSettings
 from constitutional.models.base import Message, render_transcript
 
 STAGE = "pm_train"
@@ -28,7 +29,7 @@ MODEL_DIR = "preference_model"
 _KINDS = ("red_team", "helpful")
 
 
-class PMConfig(BaseModel):
+class PMConfig(LoraSettings):
     """Training the preference model on soft labels."""
 
     model_config = ConfigDict(extra="forbid")
@@ -53,10 +54,6 @@ class PMConfig(BaseModel):
         default=0.2, ge=0.0, lt=1.0, description="Seeded share of pairs held out for accuracy and calibration."
     )
     calibration_bins: int = Field(default=10, ge=2, description="Equal-width bins of the reliability diagram.")
-    lora: bool = Field(default=True, description="LoRA adapters plus a trainable score head, merged on save.")
-    lora_r: int = Field(default=16, ge=1)
-    lora_alpha: int = Field(default=32, ge=1)
-    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
     learning_rate: float = Field(default=2e-4, gt=0)
     epochs: float = Field(default=1.0, gt=0)
     max_steps: int = Field(default=-1, description="Stop after this many optimizer steps; -1 for whole epochs.")
@@ -408,7 +405,6 @@ def train(store: Any, config: PMConfig, seed: int) -> dict[str, Any]:
     Returns a summary: pair counts, first and last training loss, held-out accuracy and ECE, the model folder.
     """
     import torch
-    from peft import LoraConfig
     from transformers import AutoTokenizer
     from trl import RewardConfig
 
@@ -452,16 +448,8 @@ def train(store: Any, config: PMConfig, seed: int) -> dict[str, Any]:
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         gradient_checkpointing=False,
     )
-    peft_config = None
-    if config.lora:
-        peft_config = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules="all-linear",
-            modules_to_save=["score"],  # the new head must train in full, not through adapters
-            task_type="SEQ_CLS",
-        )
+    # The new score head must train in full, not through adapters.
+    peft_config = config.peft_config("SEQ_CLS", modules_to_save=["score"])
     trainer_class, collator_class = _soft_label_trainer()
     trainer = trainer_class(
         model=path,

@@ -22,9 +22,10 @@ import random
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from constitutional.errors import InputError
+from constitutional.finetuning import LoraSettings
 from constitutional.models.base import render_transcript
 from constitutional.records import ComparisonRecord, PromptRecord
 from constitutional.store import RunStore
@@ -36,7 +37,7 @@ SL_MODEL_DIR = "sl_model"
 LABEL_STAGE = "rl_label"
 
 
-class RLConfig(BaseModel):
+class RLConfig(LoraSettings):
     """RL against the preference model (RLOO, GRPO) or DPO on the labelled pairs."""
 
     model_config = ConfigDict(extra="forbid")
@@ -72,9 +73,6 @@ class RLConfig(BaseModel):
     # Models of ~100M parameters loop on a phrase within a few dozen tokens without these two.
     repetition_penalty: float = Field(default=1.2, ge=1.0)
     no_repeat_ngram_size: int = Field(default=4, ge=0, description="0 turns the n-gram block off.")
-    lora: bool = Field(default=True, description="LoRA adapters (merged on save); false for full fine-tuning.")
-    lora_r: int = Field(default=16, ge=1)
-    lora_alpha: int = Field(default=32, ge=1)
     lora_dropout: float = Field(default=0.0, ge=0, lt=1, description="0: dropout would make the KL term noisy.")
     dpo_min_confidence: float = Field(
         default=0.6, ge=0.5, le=1.0, description="DPO keeps pairs whose soft label p(chosen) is at least this."
@@ -162,20 +160,6 @@ def load_preference_model(store: RunStore, chat: bool):
     return model, tokenizer
 
 
-def _lora(config: RLConfig):
-    if not config.lora:
-        return None
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-    )
-
-
 def _common_args(store: RunStore, config: RLConfig, seed: int) -> dict[str, Any]:
     import torch
 
@@ -224,7 +208,7 @@ def _online_trainer(store: RunStore, config: RLConfig, model, tokenizer, chat: b
         train_dataset=dataset,
         processing_class=tokenizer,
         reward_processing_classes=reward_tokenizer,
-        peft_config=_lora(config),
+        peft_config=config.peft_config("CAUSAL_LM"),
     )
     notes = {
         "prompts": len(dataset),
@@ -271,7 +255,11 @@ def _dpo_trainer(store: RunStore, config: RLConfig, model, tokenizer, chat: bool
         )
     args = DPOConfig(**_common_args(store, config, seed), max_length=config.max_length)
     trainer = DPOTrainer(
-        model=model, args=args, train_dataset=to_dataset(rows), processing_class=tokenizer, peft_config=_lora(config)
+        model=model,
+        args=args,
+        train_dataset=to_dataset(rows),
+        processing_class=tokenizer,
+        peft_config=config.peft_config("CAUSAL_LM"),
     )
     return trainer, {"pairs": len(rows), "pairs_left_out": len(records) - len(rows)}
 

@@ -7,9 +7,10 @@ import random
 from collections import Counter
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from constitutional.errors import InputError
+from constitutional.finetuning import LoraSettings
 from constitutional.models.base import Message, render_transcript
 from constitutional.records import SLRecord
 from constitutional.sl import STAGE as GENERATE_STAGE
@@ -19,7 +20,7 @@ STAGE = "sl_train"
 MODEL_DIR = "sl_model"
 
 
-class SLTrainConfig(BaseModel):
+class SLTrainConfig(LoraSettings):
     """Fine-tuning the policy on its own revisions."""
 
     model_config = ConfigDict(extra="forbid")
@@ -30,9 +31,6 @@ class SLTrainConfig(BaseModel):
     helpful_ratio: float = Field(
         default=1.0, ge=0, description="Helpfulness examples mixed in per red-team example (as many as exist)."
     )
-    lora: bool = Field(default=True, description="LoRA adapters (merged on save); false for full fine-tuning.")
-    lora_r: int = Field(default=16, ge=1)
-    lora_alpha: int = Field(default=32, ge=1)
     lora_dropout: float = Field(default=0.05, ge=0, lt=1)
     learning_rate: float = Field(default=2e-4, gt=0)
     epochs: float = Field(default=1.0, gt=0)
@@ -89,7 +87,6 @@ def train(store: RunStore, base_model: str, config: SLTrainConfig, seed: int) ->
     Returns a summary: example and step counts, first and last training loss, the model folder.
     """
     import torch
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
@@ -125,17 +122,12 @@ def train(store: RunStore, base_model: str, config: SLTrainConfig, seed: int) ->
         seed=seed,
         use_cpu=not torch.cuda.is_available(),
     )
-    peft_config = None
-    if config.lora:
-        peft_config = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules="all-linear",
-            task_type="CAUSAL_LM",
-        )
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=config.peft_config("CAUSAL_LM"),
     )
     result = trainer.train()
     trained = trainer.model
