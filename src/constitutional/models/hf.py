@@ -194,22 +194,23 @@ class TransformersModel:
 
     def _score_tail_rest(self, cache, mask, positions, tails: list[list[int]], width: int) -> torch.Tensor:
         """Scores of every tail token after the first, each choice continuing from a copy of the cached prompt."""
-        n = len(tails)
-        cache.batch_repeat_interleave(n)
-        pad = self.tokenizer.pad_token_id
-        inputs = torch.tensor(
-            [(tail[:-1] if tail else []) + [pad] * (width - max(len(tail) - 1, 0)) for tail in tails]
-        ).repeat(mask.shape[0], 1)
-        tail_mask = torch.tensor([[1] * max(len(t) - 1, 0) + [0] * (width - max(len(t) - 1, 0)) for t in tails])
-        tail_mask = tail_mask.repeat(mask.shape[0], 1)
+        rows, choices = mask.shape[0], len(tails)
         device = self.model.device
+        cache.batch_repeat_interleave(choices)  # row-major: prompt 0 x every choice, then prompt 1 ...
+
+        def per_row(token_lists: list[list[int]], fill: int) -> torch.Tensor:
+            padded = [tokens + [fill] * (width - len(tokens)) for tokens in token_lists]
+            return torch.tensor(padded, device=device).repeat(rows, 1)
+
+        fed = per_row([tail[:-1] for tail in tails], self.tokenizer.pad_token_id)  # each predicts the next
+        targets = per_row([tail[1:] for tail in tails], 0)
+        tail_mask = per_row([[1] * len(tail[1:]) for tail in tails], 0)
         out = self.model(
-            input_ids=inputs.to(device),
-            attention_mask=torch.cat([mask.repeat_interleave(n, 0), tail_mask.to(device)], dim=1),
-            position_ids=positions[:, -1:].repeat_interleave(n, 0) + torch.arange(1, width + 1, device=device),
+            input_ids=fed,
+            attention_mask=torch.cat([mask.repeat_interleave(choices, 0), tail_mask], dim=1),
+            position_ids=positions[:, -1:].repeat_interleave(choices, 0) + torch.arange(1, width + 1, device=device),
             past_key_values=cache,
         )
         logprobs = torch.log_softmax(out.logits.float(), dim=-1)
-        targets = torch.tensor([tail[1:] + [0] * (width - max(len(tail) - 1, 0)) for tail in tails])
-        token_scores = logprobs.gather(-1, targets.repeat(mask.shape[0], 1).unsqueeze(-1).to(device)).squeeze(-1)
-        return (token_scores * tail_mask.to(device)).sum(-1).view(mask.shape[0], n)
+        token_scores = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return (token_scores * tail_mask).sum(-1).view(rows, choices)
