@@ -497,11 +497,7 @@ def run(
     (or an upstream stage's) changed is redone. Decisions go to `RUN_DIR/stages.log`. Example:
     `cai run recipes/demo.yaml --stages sl_generate,sl_train --run-dir runs/mine`
     """
-    from constitutional.recipe import load_recipe, parse_overrides
-
-    recipe = load_recipe(recipe_path, parse_overrides(ctx.args, None))
-    run_stages(recipe, stages.split(",") if stages else None, force)
-    _print_report_location(Path(recipe.run_dir))
+    _run_recipe(recipe_path, ctx, stages, force)
 
 
 @app.command("demo", context_settings=OVERRIDES)
@@ -511,15 +507,18 @@ def demo(ctx: typer.Context, stages: StagesOption = None, force: ForceOption = F
 
     Same as `cai run` on the packaged demo recipe; flags override it. Example: `cai demo --run-dir runs/demo2`
     """
-    from constitutional.recipe import DEMO_RECIPE, load_recipe, parse_overrides
+    from constitutional.recipe import DEMO_RECIPE
 
-    recipe = load_recipe(DEMO_RECIPE, parse_overrides(ctx.args, None))
+    _run_recipe(DEMO_RECIPE, ctx, stages, force)
+
+
+def _run_recipe(path: Path, ctx: typer.Context, stages: str | None, force: bool) -> None:
+    """Run the recipe's stages with the command line's overrides, then say where the report is."""
+    from constitutional.recipe import load_recipe, parse_overrides
+
+    recipe = load_recipe(path, parse_overrides(ctx.args, None))
     run_stages(recipe, stages.split(",") if stages else None, force)
-    _print_report_location(Path(recipe.run_dir))
-
-
-def _print_report_location(run_dir: Path) -> None:
-    report = run_dir / "report.html"
+    report = Path(recipe.run_dir) / "report.html"
     if report.exists():
         out.print(f"report: [bold]{report.resolve()}[/]")
 
