@@ -1,13 +1,17 @@
-"""Labels/s of AI feedback read from log-probabilities against a judge that writes its verdict and is parsed.
+"""Labels/s of AI feedback read from log-probabilities against judges that write their verdict and are parsed.
 
 The scoring arm is `constitutional.feedback.judge`: one forward pass over each question followed by " (A)" and
-by " (B)", a soft label for every pair. The generating arm asks the same model the same question (the same
-rendered prompt, the same principle) but lets it write its answer greedily and parses "(A)"/"(B)" out of the
-text, as the LLM judges of NeMo-Aligner and TRL's former `HfPairwiseJudge` do; an answer naming no option (or
-both) gives no label, and those are counted. Labels/s counts labels obtained. Both arms label the same pairs:
-the structured items of the built-in `hhh-ours` set (a conversation and two answers each).
+by " (B)", a soft label for every pair. Two generating judges ask the same model the same question (the same
+rendered prompt, the same principle), write greedily, and have "(A)"/"(B)" parsed out of what they wrote:
+- the terse judge writes only its verdict (a few tokens), as TRL's former `HfPairwiseJudge` asked for;
+- the reasoned judge first justifies its choice and then concludes, as NeMo-Aligner's LLM-as-a-judge prompt
+  asks for (a short justification, then the verdict). A pretrained model is led into it as our CoT mode does
+  ("Let me reason about it step by step."), and its conclusion is written after "The better response is".
+An answer naming no option (or both) gives no label; those are counted. Labels/s counts labels obtained; the
+table also gives pairs/s. All arms label the same pairs: the structured items of the built-in `hhh-ours` set.
+The last line compares scoring with the reasoned judge; the table gives the terse judge's ratio beside it.
 
-    .venv/bin/python benchmarks/feedback_throughput.py --pairs 36 --judge-tokens 8
+    .venv/bin/python benchmarks/feedback_throughput.py --pairs 36 --judge-tokens 8 --reasoning-tokens 96
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from constitutional import feedback
 from constitutional.constitution import load_constitution
 from constitutional.evaluate.hhh import load_items
 from constitutional.models import ModelSpec, SamplingParams, load_model
-from constitutional.prompts import comparison_demonstration_turns, comparison_messages
+from constitutional.prompts import ANSWER_PREFIX, comparison_demonstration_turns, comparison_messages
 
 VERDICT = re.compile(r"\(?\b([AB])\b\)?")
 
@@ -42,6 +46,10 @@ class ArmResult:
     def labels_per_second(self) -> float:
         return self.labels / self.seconds
 
+    @property
+    def pairs_per_second(self) -> float:
+        return self.pairs / self.seconds
+
 
 def parse_verdict(text: str) -> int | None:
     """0 for (A), 1 for (B); None when the text names no option, or both."""
@@ -49,32 +57,56 @@ def parse_verdict(text: str) -> int | None:
     return {"A": 0, "B": 1}[found.pop()] if len(found) == 1 else None
 
 
-def question_prompts(model, comparisons):
-    """The scoring arm's own questions, rendered the same way, for the judge to answer in writing."""
-    chat = feedback.uses_chat(model)
-    prompts = []
+def question_messages(comparisons, cot: bool):
+    """The scoring arm's own questions as chat messages, for a judge to answer in writing."""
+    messages = []
     for c in comparisons:
         prefix = comparison_demonstration_turns([(demo, p.comparison) for demo, p in c.demos])
-        messages = comparison_messages(prefix, c.conversation, c.a, c.b, c.principles[0].comparison, cot=False)
-        prompts.append(feedback.scoring_prompt(messages, chat))
-    return prompts
+        messages.append(comparison_messages(prefix, c.conversation, c.a, c.b, c.principles[0].comparison, cot=cot))
+    return messages
+
+
+def terse_judge(model, comparisons, params: SamplingParams) -> list[int | None]:
+    chat = feedback.uses_chat(model)
+    prompts = [feedback.scoring_prompt(m, chat) for m in question_messages(comparisons, cot=False)]
+    return [parse_verdict(text) for text in model.generate(prompts, params)]
+
+
+def reasoned_judge(model, comparisons, reasoning: SamplingParams, verdict: SamplingParams) -> list[int | None]:
+    """Justify, then conclude: the reasoning is written first, the verdict after it, and the verdict is parsed."""
+    chat = feedback.uses_chat(model)
+    questions = question_messages(comparisons, cot=True)
+    reasoning = reasoning.model_copy(update={"stop": [*reasoning.stop, ANSWER_PREFIX]})
+    texts = model.generate([feedback.reasoning_prompt(m, chat) for m in questions], reasoning)
+    verdicts = model.generate(
+        [feedback.scoring_prompt(m, chat, text.strip()) for m, text in zip(questions, texts, strict=True)], verdict
+    )
+    return [parse_verdict(text) for text in verdicts]
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--model", default="gemma3-270m", help="Embedded name, HF id or local path.")
     parser.add_argument("--pairs", type=int, default=36, help="First N structured items of builtin:hhh-ours.")
-    parser.add_argument("--judge-tokens", type=int, default=8, help="max_new_tokens of the generating judge.")
+    parser.add_argument("--judge-tokens", type=int, default=8, help="max_new_tokens of the terse judge.")
+    parser.add_argument(
+        "--reasoning-tokens",
+        type=int,
+        default=feedback.FeedbackConfig().cot_sampling.max_new_tokens,
+        help="max_new_tokens of the reasoned judge's justification (default: our CoT mode's).",
+    )
     parser.add_argument("--num-demonstrations", type=int, default=1, help="Few-shot comparisons per question.")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--order", default="scoring-first", choices=["scoring-first", "judge-first"])
+    parser.add_argument("--order", default="scoring-first", choices=["scoring-first", "judges-first"])
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    console = Console()
+    console = Console(width=120)  # the whole table, also when piped to a file
     model = load_model(ModelSpec(name=args.model, batch_size=args.batch_size))
     constitution = load_constitution("harmless")
     config = feedback.FeedbackConfig(num_demonstrations=args.num_demonstrations)
@@ -90,50 +122,55 @@ def main() -> None:
         )
         for i, item in enumerate(items)
     ]
-    prompts = question_prompts(model, comparisons)
-    params = SamplingParams(max_new_tokens=args.judge_tokens, temperature=0.0)
-    # The first calls on CPU pay one-off costs (kernel selection, allocator growth); keep them out of both arms.
+    terse = SamplingParams(max_new_tokens=args.judge_tokens, temperature=0.0)
+    reasoning = SamplingParams(max_new_tokens=args.reasoning_tokens, temperature=0.0)
+    arms = {
+        "scoring": lambda: feedback.judge(model, comparisons, config),
+        "terse judge": lambda: terse_judge(model, comparisons, terse),
+        "reasoned judge": lambda: reasoned_judge(model, comparisons, reasoning, terse),
+    }
+    # The first calls on CPU pay one-off costs (kernel selection, allocator growth); keep them out of every arm.
     feedback.judge(model, comparisons[: args.batch_size], config)
-    model.generate(prompts[: args.batch_size], params.model_copy(update={"max_new_tokens": 2}))
+    terse_judge(model, comparisons[: args.batch_size], terse.model_copy(update={"max_new_tokens": 2}))
 
     console.print(
-        f"{model.name}: {len(comparisons)} pairs, {args.num_demonstrations} demonstration(s), judge max_new_tokens="
-        f"{args.judge_tokens}, batch_size={args.batch_size}, torch threads={torch.get_num_threads()}"
+        f"{model.name}: {len(comparisons)} pairs, {args.num_demonstrations} demonstration(s), terse judge "
+        f"max_new_tokens={args.judge_tokens}, reasoning max_new_tokens={args.reasoning_tokens}, "
+        f"batch_size={args.batch_size}, torch threads={torch.get_num_threads()}"
     )
+    order = list(arms) if args.order == "scoring-first" else [*list(arms)[1:], "scoring"]
     results, outputs = {}, {}
-    order = ["scoring", "judge"] if args.order == "scoring-first" else ["judge", "scoring"]
     for arm in order:
         start = time.perf_counter()
-        if arm == "scoring":
-            outputs[arm] = feedback.judge(model, comparisons, config)
-            labels = len(outputs[arm])
-        else:
-            outputs[arm] = [parse_verdict(text) for text in model.generate(prompts, params)]
-            labels = sum(v is not None for v in outputs[arm])
-        results[arm] = ArmResult(arm, len(comparisons), labels, time.perf_counter() - start)
-        console.print(f"{arm}: {results[arm].seconds:.1f} s")
+        outputs[arm] = arms[arm]()
+        seconds = time.perf_counter() - start
+        labels = len(outputs[arm]) if arm == "scoring" else sum(v is not None for v in outputs[arm])
+        results[arm] = ArmResult(arm, len(comparisons), labels, seconds)
+        console.print(f"{arm}: {seconds:.1f} s")
 
     scored_sides = [0 if j.p_a >= 0.5 else 1 for j in outputs["scoring"]]
-    parsed = [(v, s) for v, s in zip(outputs["judge"], scored_sides, strict=True) if v is not None]
+    scoring_rate = results["scoring"].labels_per_second
     table = Table(title="AI feedback throughput (same model, pairs, prompts and principles)")
-    for column in ("arm", "pairs", "labels", "unparsed", "seconds", "labels/s"):
+    columns = ("arm", "pairs", "labels", "unparsed", "seconds", "pairs/s", "labels/s", "scoring's ratio", "agrees")
+    for column in columns:
         table.add_column(column, justify="left" if column == "arm" else "right")
-    for arm in ("scoring", "judge"):
-        r = results[arm]
-        label = "log-prob scoring" if arm == "scoring" else f"generate {args.judge_tokens} tokens + parse"
+    for arm, r in results.items():
+        parsed = [(v, s) for v, s in zip(outputs[arm], scored_sides, strict=True) if v is not None]
+        agreement = "" if arm == "scoring" or not parsed else f"{sum(v == s for v, s in parsed) / len(parsed):.0%}"
         table.add_row(
-            label,
+            arm,
             str(r.pairs),
             str(r.labels),
             str(r.pairs - r.labels),
             f"{r.seconds:.1f}",
+            f"{r.pairs_per_second:.2f}",
             f"{r.labels_per_second:.2f}",
+            f"{scoring_rate / max(r.labels_per_second, 1e-9):.2f}",
+            agreement,
         )
     console.print(table)
-    agreement = sum(v == s for v, s in parsed) / len(parsed) if parsed else float("nan")
-    console.print(f"the judge's parsed verdicts agree with the scored side on {agreement:.0%} of {len(parsed)} pairs")
-    ratio = results["scoring"].labels_per_second / max(results["judge"].labels_per_second, 1e-9)
-    print(f"ratio: {ratio:.2f}", flush=True)
+    console.print("agrees: how often a judge's parsed verdict picks the side the scores prefer")
+    print(f"ratio: {scoring_rate / max(results['reasoned judge'].labels_per_second, 1e-9):.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ answer, then per revision a critique call and a revision call, each with a singl
 `generate` is split into single-prompt calls. Generated tokens are counted with the model's tokenizer on
 the texts every call returns, identically in both arms and outside the timed region.
 
-    .venv/bin/python benchmarks/sl_throughput.py --prompts 16 --revisions 1 --max-new-tokens 48
+Defaults are the demo recipe's SL settings (`make demo`): its policy and batch size, one demonstration, its
+answer length and penalties; decoding is greedy so both arms write (nearly) the same texts.
+
+    .venv/bin/python benchmarks/sl_throughput.py --prompts 20 --revisions 1 --max-new-tokens 96
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from rich.table import Table
 from constitutional.constitution import load_constitution
 from constitutional.models import LanguageModel, ModelSpec, Prompt, SamplingParams, load_model
 from constitutional.models.hf import TransformersModel
+from constitutional.recipe import DEMO_RECIPE, load_recipe
 from constitutional.sl import SLConfig, revise
 from constitutional.sources import load_prompts
 
@@ -89,13 +93,21 @@ def run_arm(arm: str, counter: CountingModel, policy: LanguageModel, tokenizer, 
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="Embedded name, HF id or local path.")
-    parser.add_argument("--prompts", type=int, default=16, help="First N built-in red-team prompts.")
+    demo = load_recipe(DEMO_RECIPE)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--model", default=demo.models.policy.name, help="Embedded name, HF id or local path.")
+    parser.add_argument("--prompts", type=int, default=demo.models.policy.batch_size, help="First N red-team prompts.")
     parser.add_argument("--revisions", type=int, default=1, help="Critique -> revision steps per prompt.")
-    parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--batch-size", type=int, default=16, help="Sequences per forward pass in the batched arm.")
-    parser.add_argument("--num-demonstrations", type=int, default=1, help="Few-shot demos per request (as demo.yaml).")
+    parser.add_argument("--max-new-tokens", type=int, default=demo.sl.sampling.max_new_tokens)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=demo.models.policy.batch_size,
+        help="Sequences per forward pass in the batched arm.",
+    )
+    parser.add_argument("--num-demonstrations", type=int, default=demo.sl.num_demonstrations, help="Few-shot demos.")
     # Greedy by default so both arms decode (nearly) the same texts and their token counts are comparable;
     # with --temperature > 0 both arms still use the same per-step seeds.
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy.")
@@ -107,17 +119,20 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    console = Console()
+    console = Console(width=120)  # the whole table, also when piped to a file
     model = load_model(ModelSpec(name=args.model, batch_size=args.batch_size, dtype=args.dtype))
     if not isinstance(model, TransformersModel):
         raise SystemExit("this benchmark needs the transformers backend (it counts tokens with the tokenizer)")
     prompts = load_prompts("builtin:red-team")[0][: args.prompts]
     constitution = load_constitution("harmless")
+    demo_sampling = load_recipe(DEMO_RECIPE).sl.sampling
     config = SLConfig(
         num_revisions=args.revisions,
         num_demonstrations=args.num_demonstrations,
         chunk_size=len(prompts),
-        sampling=SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature),
+        sampling=demo_sampling.model_copy(
+            update={"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
+        ),
     )
     # The first generate on CPU pays one-off costs (kernel selection, allocator growth); keep them out of both arms.
     warmup = SamplingParams(max_new_tokens=4, temperature=0.0)

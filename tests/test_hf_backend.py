@@ -9,6 +9,7 @@ from constitutional.errors import InputError
 from constitutional.models import ModelSpec, SamplingParams, load_model
 from constitutional.models.base import cut_at_stop, render_transcript
 from constitutional.models.hf import TransformersModel
+from constitutional.models.prefix import MIN_SHARED_TOKENS
 
 # Mixed lengths, more prompts than the batch size, deliberately not sorted by length.
 PROMPTS = [
@@ -20,6 +21,13 @@ PROMPTS = [
     "bike",
 ]
 CHAT = [{"role": "user", "content": "How do I bake bread?"}]
+CORPUS_LINE = "How do I bake bread? Mix flour, water, salt and yeast, then knead and bake. "
+# Two demonstrations long enough to be read once per group, four requests after each, one unrelated request.
+DEMOS = [
+    [{"role": "user", "content": CORPUS_LINE * 2}, {"role": "assistant", "content": "Mix flour and water."}],
+    [{"role": "user", "content": "Revision request: rewrite safely. " * 4}, {"role": "assistant", "content": "Paris"}],
+]
+SHARED_CHATS = [[*demo, {"role": "user", "content": p}] for demo in DEMOS for p in PROMPTS[:4]] + [CHAT]
 # Greedy and free of the per-sequence penalties, so one prompt's answer depends on nothing else.
 GREEDY = SamplingParams(max_new_tokens=12, temperature=0.0, repetition_penalty=1.0, no_repeat_ngram_size=0, stop=[])
 
@@ -203,3 +211,40 @@ def test_cut_at_stop_earliest_marker():
     assert cut_at_stop(" Sure. Here.\nUser: more\n\nHuman: x", ["\n\nHuman:", "\nUser:"]) == "Sure. Here."
     assert cut_at_stop("  no markers  ", ["\n\nHuman:"]) == "no markers"
     assert cut_at_stop("abc", []) == "abc"
+
+
+def spy_on_prefill(monkeypatch) -> list:
+    """Every call of the shared-beginning path, with its groups."""
+    calls = []
+    original = TransformersModel._prefilled
+
+    def spy(self, sequences, groups, keep):
+        calls.append(groups)
+        return original(self, sequences, groups, keep)
+
+    monkeypatch.setattr(TransformersModel, "_prefilled", spy)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def wide_model(tiny_model_path) -> TransformersModel:
+    return load_model(ModelSpec(name=str(tiny_model_path), dtype="float32", device="cpu", batch_size=8))
+
+
+def test_shared_beginnings_read_once_give_the_same_answers(wide_model, monkeypatch):
+    assert all(len(wide_model.render(c)) > MIN_SHARED_TOKENS + 10 for c in SHARED_CHATS[:-1])
+    calls = spy_on_prefill(monkeypatch)
+    batched = wide_model.generate(SHARED_CHATS, GREEDY)
+    assert calls and sorted(len(g.rows) for g in calls[0] if g.length) == [4, 4]
+    monkeypatch.undo()
+    assert batched == [wide_model.generate([c], GREEDY)[0] for c in SHARED_CHATS]
+
+
+@pytest.mark.parametrize("choice_set", CHOICE_SETS)
+def test_choice_logprobs_with_shared_beginnings_match_unpadded_computation(wide_model, monkeypatch, choice_set):
+    calls = spy_on_prefill(monkeypatch)
+    scores = wide_model.choice_logprobs(SHARED_CHATS, CHOICE_SETS[choice_set])
+    assert calls
+    for prompt, row in zip(SHARED_CHATS, scores, strict=True):
+        for choice, score in zip(CHOICE_SETS[choice_set], row, strict=True):
+            assert score == pytest.approx(manual_score(wide_model, prompt, choice), abs=1e-4)

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from doubles import DiesOnCall
 
 from constitutional.models.base import SamplingParams
 from constitutional.models.spec import ModelSpec
@@ -94,23 +95,10 @@ def test_stage_writes_both_kinds_and_keeps_refused_prompts(tmp_path):
     assert records[0].params["temperature"] == 1.0
 
 
-class FailingModel(ScriptedModel):
-    """Dies on its n-th call, as a killed process would."""
-
-    def __init__(self, fail_on_call: int):
-        super().__init__()
-        self.fail_on_call = fail_on_call
-
-    def generate(self, prompts, params):
-        if len(self.calls) + 1 == self.fail_on_call:
-            raise KeyboardInterrupt
-        return super().generate(prompts, params)
-
-
 def test_rerun_after_interruption_samples_only_the_missing_prompts(tmp_path):
     config = PairsConfig(red_team_prompts=_write_prompts(tmp_path / "p.jsonl", 5), helpful_prompts=None, chunk_size=2)
     with RunStore(tmp_path / "run") as store, pytest.raises(KeyboardInterrupt):
-        sample(store, FailingModel(fail_on_call=2), "c@1", config, seed=0)  # dies on the second chunk
+        sample(store, DiesOnCall(ScriptedModel(), fail_on_call=2), "c@1", config, seed=0)  # dies on the second chunk
     resumed = ScriptedModel()
     with RunStore(tmp_path / "run") as store:
         sample(store, resumed, "c@1", config, seed=0)

@@ -285,3 +285,7 @@ def test_pipeline_report_stage_writes_the_report_after_evaluate(tmp_path):
     assert outcome.action == "ran" and outcome.summary["missing"] == []
     assert (run_dir / REPORT_FILE).exists()
     assert json.loads((run_dir / "manifest.json").read_text())["stages"]["report"]["status"] == "complete"
+    html = (run_dir / REPORT_FILE).read_text()
+    # The page is written while its own stage runs: it says so instead of showing the stage as merely running.
+    assert "writing this page" in html
+    assert ">running<" not in html

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from doubles import DiesOnCall
 
 from constitutional.constitution import load_constitution
 from constitutional.models.base import SamplingParams
@@ -110,26 +111,15 @@ def test_generate_stage_writes_red_team_and_helpful_records_and_skips_bad_prompt
     assert summary == {"records": 4, "rejected": 1}
 
 
-class FailingModel(ScriptedModel):
-    """Dies on its n-th call, as a killed process would."""
-
-    def __init__(self, fail_on_call: int):
-        super().__init__()
-        self.fail_on_call = fail_on_call
-
-    def generate(self, prompts, params):
-        if len(self.calls) + 1 == self.fail_on_call:
-            raise KeyboardInterrupt
-        return super().generate(prompts, params)
-
-
 def test_rerun_after_interruption_generates_only_missing_prompts(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("one\ntwo\nthree\n")
     constitution = load_constitution("harmless")
     config = SLConfig(red_team_prompts=str(prompts), helpful_prompts=None, num_revisions=1, chunk_size=1)
     with RunStore(tmp_path / "run") as store, pytest.raises(KeyboardInterrupt):
-        generate(store, FailingModel(fail_on_call=5), constitution, config, seed=0)  # dies in the 2nd chunk
+        generate(
+            store, DiesOnCall(ScriptedModel(), fail_on_call=5), constitution, config, seed=0
+        )  # dies in the 2nd chunk
     resumed = ScriptedModel()
     with RunStore(tmp_path / "run") as store:
         generate(store, resumed, constitution, config, seed=0)

@@ -380,9 +380,10 @@ def overview_section(inputs: RunInputs) -> Section:
     for name in [*ORDER, *sorted(set(stages) - set(ORDER))]:
         status = stages.get(name, {})
         state = status.get("status", "not run")
-        badge = (
-            f'<span class="badge {esc(state if state in ("complete", "running") else "absent")}">{esc(state)}</span>'
-        )
+        css = state if state in ("complete", "running") else "absent"
+        if name == STAGE and state == "running":
+            state = "writing this page"  # the report stage renders the manifest while it is still its own stage
+        badge = f'<span class="badge {esc(css)}">{esc(state)}</span>'
         seconds = status.get("seconds")
         rows.append(
             [

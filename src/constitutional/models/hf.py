@@ -16,6 +16,7 @@ from transformers import (
 
 from constitutional.errors import InputError
 from constitutional.models.base import Prompt, SamplingParams, cut_at_stop, render_transcript
+from constitutional.models.prefix import PrefixGroup, group_by_prefix
 from constitutional.models.spec import ModelSpec
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -112,8 +113,15 @@ class TransformersModel:
         return self.tokenizer(render_transcript(prompt))["input_ids"]
 
     def _batches(self, sequences: list[list[int]]) -> Iterator[list[int]]:
-        """Index batches of similar length, so little compute is spent on padding."""
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        """Index batches that keep rows sharing a beginning together, and otherwise rows of similar length.
+
+        Shared beginnings are read once per batch (see `_inputs`); similar lengths waste little on padding.
+        """
+        rank = {}
+        for number, group in enumerate(group_by_prefix(sequences)):
+            for i in group.rows:
+                rank[i] = (0, number, len(sequences[i])) if group.length else (1, 0, len(sequences[i]))
+        order = sorted(range(len(sequences)), key=rank.__getitem__)
         for start in range(0, len(order), self.batch_size):
             yield order[start : start + self.batch_size]
 
@@ -129,7 +137,7 @@ class TransformersModel:
         for batch_number, indices in enumerate(self._batches(encoded)):
             if params.seed is not None:
                 torch.manual_seed(params.seed + batch_number)
-            batch = self._pad([encoded[i] for i in indices])
+            batch = self._inputs([encoded[i] for i in indices])
             prompt_length = batch["input_ids"].shape[1]
             generated = self.model.generate(
                 **batch,
@@ -152,6 +160,53 @@ class TransformersModel:
                 outputs[i] = cut_at_stop(text, params.stop)
         return outputs
 
+    def _inputs(self, sequences: list[list[int]], keep: int = 1) -> dict:
+        """Inputs for one batch: left-padded, or with shared beginnings already read into a cache.
+
+        The last `keep` tokens of every row stay out of the cache, because their logits are needed.
+        """
+        groups = group_by_prefix(sequences, keep)
+        if not any(group.length for group in groups):
+            return self._pad(sequences)
+        return self._prefilled(sequences, groups, keep)
+
+    def _prefilled(self, sequences: list[list[int]], groups: list[PrefixGroup], keep: int) -> dict:
+        """Read each shared beginning once, copy its cache to the rows of its group, and pass the rest as input.
+
+        Every row becomes [padding, beginning | padding, remainder]: the beginnings, left-padded to one width,
+        are what the cache holds; the remainders follow, left-padded to another. The attention mask hides both
+        paddings and position ids count real tokens only, so each row computes what it would alone. A row that
+        shares with no one reads up to the same width into the cache too, which costs it nothing extra.
+        """
+        device = self.model.device
+        width = max(group.length for group in groups)
+        cached = [group.length or max(0, min(width, len(sequences[group.rows[0]]) - keep)) for group in groups]
+        pad = self.tokenizer.pad_token_id
+        heads = torch.tensor(
+            [[pad] * (width - n) + sequences[g.rows[0]][:n] for g, n in zip(groups, cached, strict=True)],
+            device=device,
+        )
+        head_mask = torch.tensor([[0] * (width - n) + [1] * n for n in cached], device=device)
+        out = self.model(
+            input_ids=heads,
+            attention_mask=head_mask,
+            position_ids=(head_mask.cumsum(-1) - 1).clamp(min=0),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        group_of = [0] * len(sequences)
+        for number, group in enumerate(groups):
+            for row in group.rows:
+                group_of[row] = number
+        cache = out.past_key_values
+        cache.reorder_cache(torch.tensor(group_of, device=device))  # one copy of its group's cache per row
+        rests = self._pad([sequence[cached[group_of[row]] :] for row, sequence in enumerate(sequences)])
+        return {
+            "input_ids": torch.cat([heads[group_of], rests["input_ids"]], dim=1),
+            "attention_mask": torch.cat([head_mask[group_of], rests["attention_mask"]], dim=1),
+            "past_key_values": cache,
+        }
+
     @torch.inference_mode()
     def choice_logprobs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> list[list[float]]:
         """One forward pass per prompt over the prompt and the choices' shared first tokens; no generation.
@@ -169,17 +224,27 @@ class TransformersModel:
         sequences = [self.render(prompt) + shared for prompt in prompts]
         scores: list[list[float]] = [[] for _ in sequences]
         for indices in self._batches(sequences):
-            rows = self._score_batch(self._pad([sequences[i] for i in indices]), len(shared), tails)
+            rows = self._score_batch([sequences[i] for i in indices], len(shared), tails)
             for row, i in zip(rows, indices, strict=True):
                 scores[i] = row
         return scores
 
-    def _score_batch(self, batch: dict[str, torch.Tensor], shared: int, tails: list[list[int]]) -> list[list[float]]:
-        """Log-probabilities of (shared tokens + each tail) at the end of every left-padded sequence."""
+    def _score_batch(self, sequences: list[list[int]], shared: int, tails: list[list[int]]) -> list[list[float]]:
+        """Log-probabilities of (shared tokens + each tail) at the end of every sequence, batched."""
+        batch = self._inputs(sequences, keep=shared + 1)
+        cache = batch.get("past_key_values")
+        read = cache.get_seq_length() if cache is not None else 0
         mask = batch["attention_mask"]
-        # With left padding, positions must count real tokens only.
+        # With padding, positions must count real tokens only.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(**batch, position_ids=positions, use_cache=True, logits_to_keep=shared + 1)
+        out = self.model(
+            input_ids=batch["input_ids"][:, read:],
+            attention_mask=mask,
+            position_ids=positions[:, read:],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=shared + 1,
+        )
         logprobs = torch.log_softmax(out.logits.float(), dim=-1)
         targets = batch["input_ids"][:, batch["input_ids"].shape[1] - shared :]
         shared_score = logprobs[:, :-1].gather(-1, targets.unsqueeze(-1)).sum(dim=(1, 2))
