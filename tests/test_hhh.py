@@ -139,11 +139,14 @@ def test_the_builtin_items_are_balanced_and_their_two_forms_agree():
     items = load_items("builtin:hhh-ours")
     assert len(items) >= 30 and all(i.structured for i in items)
     assert {c: sum(i.category == c for i in items) for c in ("helpful", "honest", "harmless")} == {
-        "helpful": 12,
-        "honest": 12,
-        "harmless": 12,
+        "helpful": 22,
+        "honest": 22,
+        "harmless": 22,
     }
     assert sum(i.correct == 0 for i in items) == len(items) // 2
+    # A judge that prefers the longer answer, or the first option, must score exactly chance.
+    longer_right = sum(len(i.responses[i.correct]) > len(i.responses[1 - i.correct]) for i in items)
+    assert longer_right == len(items) // 2
     for i in items:
         good, bad = i.responses if i.correct == 0 else i.responses[::-1]
         assert structured_item(i.conversation, good, bad, i.correct, i.category) == i
@@ -194,4 +197,4 @@ def test_cli_refuses_a_malformed_file_with_the_line(tmp_path):
 def test_real_gemma_on_the_builtin_items():
     result = runner.invoke(app, ["eval", "mc", "builtin:hhh-ours", "--model", "gemma3-270m"])
     assert result.exit_code == 0, result.output
-    assert "36" in result.output and "ECE" in result.output
+    assert "66" in result.output and "ECE" in result.output

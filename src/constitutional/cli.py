@@ -279,7 +279,7 @@ def rl_label(ctx: typer.Context, config: ConfigOption = None, force: ForceOption
 @eval_app.command("mc")
 @friendly_errors
 def eval_mc(
-    items: Annotated[str, typer.Argument(metavar="FILE", help="JSONL items, or builtin:hhh-ours (36 of our own).")],
+    items: Annotated[str, typer.Argument(metavar="FILE", help="JSONL items, or builtin:hhh-ours (66 of our own).")],
     model: Annotated[
         str, typer.Option("--model", help="Model to evaluate; the default is the demo recipe's feedback model.")
     ] = "gemma3-270m",
