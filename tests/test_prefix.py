@@ -79,3 +79,12 @@ def test_grouping_matches_brute_force_on_mixed_rows():
 def test_empty_and_single():
     assert group_by_prefix([]) == []
     assert group_by_prefix([[1, 2, 3]]) == [PrefixGroup([0], 0)]
+
+
+def test_runs_hold_at_most_max_rows():
+    header = list(range(1, LONG + 1))
+    sequences = [[*header, i, i] for i in range(50)]
+    groups = group_by_prefix(sequences, max_rows=16)
+    assert max(len(g.rows) for g in groups) <= 16
+    assert all(g.length == LONG for g in groups if len(g.rows) > 1)
+    assert sorted(r for g in groups for r in g.rows) == list(range(50))

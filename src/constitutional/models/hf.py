@@ -118,7 +118,7 @@ class TransformersModel:
         Shared beginnings are read once per batch (see `_inputs`); similar lengths waste little on padding.
         """
         rank = {}
-        for number, group in enumerate(group_by_prefix(sequences)):
+        for number, group in enumerate(group_by_prefix(sequences, max_rows=self.batch_size)):
             for i in group.rows:
                 rank[i] = (0, number, len(sequences[i])) if group.length else (1, 0, len(sequences[i]))
         order = sorted(range(len(sequences)), key=rank.__getitem__)

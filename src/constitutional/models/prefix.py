@@ -9,6 +9,7 @@ keys and values to the rows that share it cuts a step's prompt-reading time roug
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,30 +35,35 @@ def shared_length(a: Sequence[int], b: Sequence[int]) -> int:
     return min(len(a), len(b))
 
 
-def group_by_prefix(sequences: Sequence[Sequence[int]], keep: int = 1) -> list[PrefixGroup]:
+def group_by_prefix(
+    sequences: Sequence[Sequence[int]], keep: int = 1, max_rows: int | None = None
+) -> list[PrefixGroup]:
     """Split the rows into groups sharing a beginning, so that as few tokens as possible are read in all.
 
     Sorted by their tokens, rows with a common beginning are neighbours, and a run of neighbours shares the
     smallest common length along it. Choosing where runs end is then a shortest-path problem over the sorted
     order: a run reads its shared beginning once plus every row's remainder. The last `keep` tokens of every row
-    stay unshared, because their logits are needed (generation needs at least the last prompt token's).
+    stay unshared, because their logits are needed (generation needs at least the last prompt token's). A run
+    holds at most `max_rows` rows (a batch: rows in different batches cannot share a read), which with the stop
+    below keeps the work linear in the number of rows.
     """
     order = sorted(range(len(sequences)), key=lambda i: list(sequences[i]))
     neighbours = [shared_length(sequences[a], sequences[b]) for a, b in itertools.pairwise(order)]
-    cost = [0] + [0] * len(order)  # cost[j]: fewest tokens read for the first j rows of `order`
+    cost = [0.0] + [math.inf] * len(order)  # cost[j]: fewest tokens read for the first j rows of `order`
     start = [0] * (len(order) + 1)  # start[j]: where the last run of that best split begins
     for end in range(1, len(order) + 1):
-        cost[end] = -1
         shared, shortest, total = None, None, 0
-        for first in range(end - 1, -1, -1):
+        for first in range(end - 1, max(-1, end - 1 - (max_rows or len(order))), -1):
             length = len(sequences[order[first]])
             total += length
             shortest = length if shortest is None else min(shortest, length)
             if first < end - 1:
                 shared = neighbours[first] if shared is None else min(shared, neighbours[first])
-            saved = _usable(shared, shortest, keep) * (end - first - 1)
-            candidate = cost[first] + total - saved
-            if cost[end] < 0 or candidate < cost[end]:
+            usable = _usable(shared, shortest, keep)
+            if first < end - 1 and not usable:
+                break  # a longer run only shares less: no split from here on can save a token
+            candidate = cost[first] + total - usable * (end - first - 1)
+            if candidate < cost[end]:
                 cost[end], start[end] = candidate, first
     groups: list[PrefixGroup] = []
     end = len(order)
