@@ -166,7 +166,7 @@ def test_a_malformed_line_names_the_file_line_and_field(tmp_path):
     with pytest.raises(InputError) as err:
         load_items(path)
     assert err.value.line == 3 and err.value.field == "corrects" and f"{path}:3" in str(err.value)
-    with pytest.raises(InputError, match=r":2: not valid JSON"):
+    with pytest.raises(InputError, match=r":2: invalid JSON"):
         load_items(_write(tmp_path, [GOOD_LINE, "{not json"]))
     half = json.dumps({"prompt": "Q", "corrects": [" (A)"], "incorrects": [" (B)"], "correct": 0})
     with pytest.raises(InputError, match="structured form needs all"):

@@ -21,6 +21,7 @@ from pydantic import ConfigDict, Field
 
 from constitutional.errors import InputError
 from constitutional.finetuning import LoraSettings
+from constitutional.jsonl import read_json_lines
 from constitutional.models.base import Message, render_transcript
 
 STAGE = "pm_train"
@@ -122,30 +123,11 @@ def _conversation(value: Any) -> list[Message] | None:
     return None
 
 
-def _json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    if not path.exists():
-        raise InputError("file not found", path=path, hint="give a JSONL file, one JSON object per line")
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(
-                f"invalid JSON: {err.msg}", path=path, line=number, hint="one JSON object per line"
-            ) from None
-        if not isinstance(row, dict):
-            raise InputError("each line must be a JSON object", path=path, line=number)
-        rows.append((number, row))
-    return rows
-
-
 def load_preference_file(path: str | Path) -> list[dict[str, Any]]:
     """Rows {id, kind, prompt, chosen, rejected, p_chosen} from a JSONL of TRL preference rows plus soft labels."""
     path = Path(path)
     rows = []
-    for number, row in _json_lines(path):
+    for number, row in read_json_lines(path):
 
         def refuse(message: str, field: str, hint: str, number=number) -> InputError:
             return InputError(message, path=path, line=number, field=field, hint=hint)
@@ -291,7 +273,7 @@ def load_responses(path: str | Path) -> tuple[list[dict[str, Any]], list[list[Me
     """(rows, conversations, responses) from a JSONL of {"prompt" | "messages", "response"} for `cai pm score`."""
     path = Path(path)
     rows, conversations, responses = [], [], []
-    for number, row in _json_lines(path):
+    for number, row in read_json_lines(path):
         field = "messages" if "messages" in row else "prompt"
         conversation = _conversation(row.get(field))
         if conversation is None:

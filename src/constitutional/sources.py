@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from constitutional.errors import InputError
+from constitutional.jsonl import read_json_lines
 from constitutional.records import PromptRecord, RejectedRecord
 
 BUILTIN_PROMPTS = {
@@ -80,25 +81,9 @@ def _rows(path: Path, column: str) -> list[tuple[int, dict[str, Any]]]:
                 hint="pass --prompt-column NAME",
             )
         return [(i + 1, row) for i, row in enumerate(dataset)]
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(
-                    f"invalid JSON: {err.msg} (column {err.colno})",
-                    path=path,
-                    line=number,
-                    hint="each line must be one JSON object",
-                ) from None
-            if not isinstance(row, dict):
-                raise InputError("each line must be a JSON object", path=path, line=number)
-            rows.append((number, row))
-        return rows
+        return read_json_lines(path)
+    text = path.read_text(encoding="utf-8")
     if path.suffix == ".csv":
         reader = csv.DictReader(text.splitlines())
         if column not in (reader.fieldnames or []):

@@ -17,7 +17,6 @@ scored as they are in every mode.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from constitutional import feedback
 from constitutional.constitution import Constitution
 from constitutional.errors import InputError
+from constitutional.jsonl import read_json_lines
 from constitutional.models.base import LanguageModel, Message
 from constitutional.prompts import comparison_messages
 
@@ -98,16 +98,10 @@ def _resolve(source: str | Path) -> Path:
 def load_items(source: str | Path) -> list[MCItem]:
     """Items from a JSONL file or `builtin:NAME`; a malformed line is an InputError naming the line and field."""
     path = _resolve(source)
-    if not path.is_file():
-        raise InputError("no such file", path=path, hint="pass a JSONL file of items, or builtin:hhh-ours")
     items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, row in read_json_lines(path):
         try:
-            items.append(MCItem.model_validate(json.loads(line)))
-        except json.JSONDecodeError as err:
-            raise InputError(f"not valid JSON: {err.msg}", path=path, line=number) from None
+            items.append(MCItem.model_validate(row))
         except ValidationError as err:
             first = err.errors()[0]
             raise InputError(
