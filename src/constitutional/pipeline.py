@@ -123,6 +123,9 @@ def run(recipe: Recipe, names: Iterable[str] | None = None, force: Iterable[str]
 
 # ---- the stages, in pipeline order ----------------------------------------------------------------------------
 
+# What identifies a model in a stage's config hash (batch size and dtype change speed, not the records).
+_MODEL_KEYS = {"name", "backend", "base_url"}
+
 
 def _sl_config(recipe: Recipe) -> dict[str, Any]:
     from constitutional.constitution import load_constitution
@@ -130,7 +133,7 @@ def _sl_config(recipe: Recipe) -> dict[str, Any]:
     return {
         "sl": recipe.sl.model_dump(),
         "constitution": load_constitution(recipe.constitution).tag,
-        "policy": recipe.models.policy.model_dump(include={"name", "backend", "base_url"}),
+        "policy": recipe.models.policy.model_dump(include=_MODEL_KEYS),
         "seed": recipe.seed,
     }
 
@@ -162,7 +165,7 @@ def _rl_label_config(recipe: Recipe) -> dict[str, Any]:
     return {
         "label": recipe.label.model_dump(),
         "constitution": load_constitution(recipe.constitution).tag,
-        "feedback": recipe.models.feedback.model_dump(include={"name", "backend", "base_url"}),
+        "feedback": recipe.models.feedback.model_dump(include=_MODEL_KEYS),
         "seed": recipe.seed,
     }
 
@@ -189,9 +192,6 @@ def _rl_train(recipe: Recipe, store: RunStore) -> dict[str, Any]:
     return rl.train(store, recipe.models.policy.name, recipe.rl, recipe.seed)
 
 
-_MODEL_KEYS = {"name", "backend", "base_url"}
-
-
 def _evaluate_config(recipe: Recipe) -> dict[str, Any]:
     from pathlib import Path
 
@@ -206,7 +206,7 @@ def _evaluate_config(recipe: Recipe) -> dict[str, Any]:
         "preference_model": preference_model_dir(run_dir) is not None,
         # Every upstream output is optional here (no `after`), but a retrained model or new SL records still
         # make earlier answers and scores stale: their stages' config hashes are part of this stage's config.
-        "upstream": {name: _finished_config_hash(recipe, name) for name in ORDER[: ORDER.index("evaluate")]},
+        "upstream": _finished_config_hashes(recipe, ORDER[: ORDER.index("evaluate")]),
         "seed": recipe.seed,
     }
 
@@ -220,15 +220,17 @@ def _evaluate(recipe: Recipe, store: RunStore) -> dict[str, Any]:
     return suite.evaluate(store, recipe.evaluate, candidates, recipe.models.judge, recipe.seed, load_model)
 
 
-def _finished_config_hash(recipe: Recipe, name: str) -> str | None:
-    """An upstream stage's config hash read from the manifest, for stages whose upstream is optional."""
+def _finished_config_hashes(recipe: Recipe, names: list[str]) -> dict[str, str | None]:
+    """Upstream stages' config hashes read from the manifest, for stages whose upstream is optional."""
     import json
     from pathlib import Path
 
     manifest = Path(recipe.run_dir) / "manifest.json"
     stages = json.loads(manifest.read_text(encoding="utf-8"))["stages"] if manifest.exists() else {}
-    status = stages.get(name, {})
-    return status.get("config_hash") if status.get("status") == "complete" else None
+    return {
+        name: stages[name].get("config_hash") if stages.get(name, {}).get("status") == "complete" else None
+        for name in names
+    }
 
 
 def _rl_sample_config(recipe: Recipe) -> dict[str, Any]:
@@ -242,7 +244,7 @@ def _rl_sample_config(recipe: Recipe) -> dict[str, Any]:
         "constitution": load_constitution(recipe.constitution).tag,
         "policy": policy.model_dump(include=_MODEL_KEYS),
         # The SL-CAI model is optional upstream (no `after`), but when it answers, retraining it redoes the pairs.
-        "sl_train": _finished_config_hash(recipe, "sl_train") if uses_sl_model else None,
+        "sl_train": _finished_config_hashes(recipe, ["sl_train"])["sl_train"] if uses_sl_model else None,
         "seed": recipe.seed,
     }
 
@@ -264,7 +266,7 @@ def _pm_train_config(recipe: Recipe) -> dict[str, Any]:
 
     data = recipe.pm.preference_data
     if data is None:
-        upstream = _finished_config_hash(recipe, "rl_label")
+        upstream = _finished_config_hashes(recipe, ["rl_label"])["rl_label"]
         if upstream is None:
             raise InputError(
                 f"stage 'pm_train' reads the output of 'rl_label', which is not complete in {recipe.run_dir}",
