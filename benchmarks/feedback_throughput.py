@@ -30,7 +30,7 @@ from constitutional import feedback
 from constitutional.constitution import load_constitution
 from constitutional.evaluate.hhh import load_items
 from constitutional.models import ModelSpec, SamplingParams, load_model
-from constitutional.prompts import ANSWER_PREFIX, comparison_demonstration_turns, comparison_messages
+from constitutional.prompts import ANSWER_PREFIX
 
 VERDICT = re.compile(r"\(?\b([AB])\b\)?")
 
@@ -57,25 +57,21 @@ def parse_verdict(text: str) -> int | None:
     return {"A": 0, "B": 1}[found.pop()] if len(found) == 1 else None
 
 
-def question_messages(comparisons, cot: bool):
-    """The scoring arm's own questions as chat messages, for a judge to answer in writing."""
-    messages = []
-    for c in comparisons:
-        prefix = comparison_demonstration_turns([(demo, p.comparison) for demo, p in c.demos])
-        messages.append(comparison_messages(prefix, c.conversation, c.a, c.b, c.principles[0].comparison, cot=cot))
-    return messages
+def question_messages(comparisons, config: feedback.FeedbackConfig, cot: bool) -> list:
+    """The scoring arm's own questions (one principle, one order each), for a judge to answer in writing."""
+    return [q.messages for q in feedback.render_questions(comparisons, config.model_copy(update={"cot": cot}))]
 
 
-def terse_judge(model, comparisons, params: SamplingParams) -> list[int | None]:
+def terse_judge(model, comparisons, config, params: SamplingParams) -> list[int | None]:
     chat = feedback.uses_chat(model)
-    prompts = [feedback.scoring_prompt(m, chat) for m in question_messages(comparisons, cot=False)]
+    prompts = [feedback.scoring_prompt(m, chat) for m in question_messages(comparisons, config, cot=False)]
     return [parse_verdict(text) for text in model.generate(prompts, params)]
 
 
-def reasoned_judge(model, comparisons, reasoning: SamplingParams, verdict: SamplingParams) -> list[int | None]:
+def reasoned_judge(model, comparisons, config, reasoning: SamplingParams, verdict: SamplingParams) -> list[int | None]:
     """Justify, then conclude: the reasoning is written first, the verdict after it, and the verdict is parsed."""
     chat = feedback.uses_chat(model)
-    questions = question_messages(comparisons, cot=True)
+    questions = question_messages(comparisons, config, cot=True)
     reasoning = reasoning.model_copy(update={"stop": [*reasoning.stop, ANSWER_PREFIX]})
     texts = model.generate([feedback.reasoning_prompt(m, chat) for m in questions], reasoning)
     verdicts = model.generate(
@@ -126,12 +122,12 @@ def main() -> None:
     reasoning = SamplingParams(max_new_tokens=args.reasoning_tokens, temperature=0.0)
     arms = {
         "scoring": lambda: feedback.judge(model, comparisons, config),
-        "terse judge": lambda: terse_judge(model, comparisons, terse),
-        "reasoned judge": lambda: reasoned_judge(model, comparisons, reasoning, terse),
+        "terse judge": lambda: terse_judge(model, comparisons, config, terse),
+        "reasoned judge": lambda: reasoned_judge(model, comparisons, config, reasoning, terse),
     }
     # The first calls on CPU pay one-off costs (kernel selection, allocator growth); keep them out of every arm.
     feedback.judge(model, comparisons[: args.batch_size], config)
-    terse_judge(model, comparisons[: args.batch_size], terse.model_copy(update={"max_new_tokens": 2}))
+    terse_judge(model, comparisons[: args.batch_size], config, terse.model_copy(update={"max_new_tokens": 2}))
 
     console.print(
         f"{model.name}: {len(comparisons)} pairs, {args.num_demonstrations} demonstration(s), terse judge "

@@ -106,7 +106,7 @@ class Judgement:
 
 
 @dataclass(frozen=True)
-class _Question:
+class Question:
     """One rendering of a comparison: one principle, one option order."""
 
     comparison: int
@@ -184,7 +184,8 @@ def probability_first(logprobs: Sequence[float]) -> float:
     return 1.0 / (1.0 + math.exp(min(second - first, 700.0)))
 
 
-def _questions(comparisons: Sequence[Comparison], config: FeedbackConfig) -> list[_Question]:
+def render_questions(comparisons: Sequence[Comparison], config: FeedbackConfig) -> list[Question]:
+    """Every question the config asks of each comparison: per drawn principle, per option order."""
     questions = []
     for index, comparison in enumerate(comparisons):
         prefix = comparison_demonstration_turns([(demo, p.comparison) for demo, p in comparison.demos])
@@ -195,14 +196,14 @@ def _questions(comparisons: Sequence[Comparison], config: FeedbackConfig) -> lis
                 messages = comparison_messages(
                     prefix, comparison.conversation, first, second, principle.comparison, config.cot
                 )
-                questions.append(_Question(index, principle, swapped, messages))
+                questions.append(Question(index, principle, swapped, messages))
     return questions
 
 
 def judge(model: LanguageModel, comparisons: Sequence[Comparison], config: FeedbackConfig) -> list[Judgement | str]:
     """Label comparisons with one batched call per step; a comparison whose CoT cannot be used gets the reason."""
     chat = uses_chat(model)
-    questions = _questions(comparisons, config)
+    questions = render_questions(comparisons, config)
     reasonings: list[str | None] = [None] * len(questions)
     rejected: dict[int, str] = {}
     if config.cot:
@@ -220,7 +221,7 @@ def judge(model: LanguageModel, comparisons: Sequence[Comparison], config: Feedb
     kept = [i for i, q in enumerate(questions) if q.comparison not in rejected]
     prompts = [scoring_prompt(questions[i].messages, chat, reasonings[i]) for i in kept]
     scores = model.choice_logprobs(prompts, answer_choices(chat)) if prompts else []
-    by_comparison: dict[int, list[tuple[_Question, list[float], str | None]]] = {}
+    by_comparison: dict[int, list[tuple[Question, list[float], str | None]]] = {}
     for i, logprobs in zip(kept, scores, strict=True):
         by_comparison.setdefault(questions[i].comparison, []).append((questions[i], logprobs, reasonings[i]))
     return [
@@ -229,7 +230,7 @@ def judge(model: LanguageModel, comparisons: Sequence[Comparison], config: Feedb
     ]
 
 
-def _combine(scored: list[tuple[_Question, list[float], str | None]], config: FeedbackConfig) -> Judgement:
+def _combine(scored: list[tuple[Question, list[float], str | None]], config: FeedbackConfig) -> Judgement:
     """Average over principles per order, then over orders; in CoT mode each probability is clamped first."""
     clamped = False
     per_order: dict[bool, list[float]] = {False: [], True: []}
