@@ -1,6 +1,6 @@
 """Labels/s of AI feedback read from log-probabilities against judges that write their verdict and are parsed.
 
-The scoring arm is `constitutional.feedback.judge`: one forward pass over each question followed by " (A)" and
+The scoring arm is `constitutional.comparison.judge`: one forward pass over each question followed by " (A)" and
 by " (B)", a soft label for every pair. Two generating judges ask the same model the same question (the same
 rendered prompt, the same principle), write greedily, and have "(A)"/"(B)" parsed out of what they wrote:
 - the terse judge writes only its verdict (a few tokens), as TRL's former `HfPairwiseJudge` asked for;
@@ -26,7 +26,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from constitutional import feedback
+from constitutional import comparison
 from constitutional.constitution import load_constitution
 from constitutional.evaluate.hhh import load_items
 from constitutional.models import ModelSpec, SamplingParams, load_model
@@ -57,25 +57,25 @@ def parse_verdict(text: str) -> int | None:
     return {"A": 0, "B": 1}[found.pop()] if len(found) == 1 else None
 
 
-def question_messages(comparisons, config: feedback.FeedbackConfig, cot: bool) -> list:
+def question_messages(comparisons, config: comparison.FeedbackConfig, cot: bool) -> list:
     """The scoring arm's own questions (one principle, one order each), for a judge to answer in writing."""
-    return [q.messages for q in feedback.render_questions(comparisons, config.model_copy(update={"cot": cot}))]
+    return [q.messages for q in comparison.render_questions(comparisons, config.model_copy(update={"cot": cot}))]
 
 
 def terse_judge(model, comparisons, config, params: SamplingParams) -> list[int | None]:
-    chat = feedback.uses_chat(model)
-    prompts = [feedback.scoring_prompt(m, chat) for m in question_messages(comparisons, config, cot=False)]
+    chat = comparison.uses_chat(model)
+    prompts = [comparison.scoring_prompt(m, chat) for m in question_messages(comparisons, config, cot=False)]
     return [parse_verdict(text) for text in model.generate(prompts, params)]
 
 
 def reasoned_judge(model, comparisons, config, reasoning: SamplingParams, verdict: SamplingParams) -> list[int | None]:
     """Justify, then conclude: the reasoning is written first, the verdict after it, and the verdict is parsed."""
-    chat = feedback.uses_chat(model)
+    chat = comparison.uses_chat(model)
     questions = question_messages(comparisons, config, cot=True)
     reasoning = reasoning.model_copy(update={"stop": [*reasoning.stop, ANSWER_PREFIX]})
-    texts = model.generate([feedback.reasoning_prompt(m, chat) for m in questions], reasoning)
+    texts = model.generate([comparison.reasoning_prompt(m, chat) for m in questions], reasoning)
     verdicts = model.generate(
-        [feedback.scoring_prompt(m, chat, text.strip()) for m, text in zip(questions, texts, strict=True)], verdict
+        [comparison.scoring_prompt(m, chat, text.strip()) for m, text in zip(questions, texts, strict=True)], verdict
     )
     return [parse_verdict(text) for text in verdicts]
 
@@ -90,7 +90,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--reasoning-tokens",
         type=int,
-        default=feedback.FeedbackConfig().cot_sampling.max_new_tokens,
+        default=comparison.FeedbackConfig().cot_sampling.max_new_tokens,
         help="max_new_tokens of the reasoned judge's justification (default: our CoT mode's).",
     )
     parser.add_argument("--num-demonstrations", type=int, default=1, help="Few-shot comparisons per question.")
@@ -105,10 +105,10 @@ def main() -> None:
     console = Console(width=120)  # the whole table, also when piped to a file
     model = load_model(ModelSpec(name=args.model, batch_size=args.batch_size))
     constitution = load_constitution("harmless")
-    config = feedback.FeedbackConfig(num_demonstrations=args.num_demonstrations)
+    config = comparison.FeedbackConfig(num_demonstrations=args.num_demonstrations)
     items = [item for item in load_items("builtin:hhh-ours") if item.structured][: args.pairs]
     comparisons = [
-        feedback.draw_comparison(
+        comparison.draw_comparison(
             random.Random(f"{args.seed}:{i}"),
             item.conversation,
             *item.responses,
@@ -121,12 +121,12 @@ def main() -> None:
     terse = SamplingParams(max_new_tokens=args.judge_tokens, temperature=0.0)
     reasoning = SamplingParams(max_new_tokens=args.reasoning_tokens, temperature=0.0)
     arms = {
-        "scoring": lambda: feedback.judge(model, comparisons, config),
+        "scoring": lambda: comparison.judge(model, comparisons, config),
         "terse judge": lambda: terse_judge(model, comparisons, config, terse),
         "reasoned judge": lambda: reasoned_judge(model, comparisons, config, reasoning, terse),
     }
     # The first calls on CPU pay one-off costs (kernel selection, allocator growth); keep them out of every arm.
-    feedback.judge(model, comparisons[: args.batch_size], config)
+    comparison.judge(model, comparisons[: args.batch_size], config)
     terse_judge(model, comparisons[: args.batch_size], config, terse.model_copy(update={"max_new_tokens": 2}))
 
     console.print(

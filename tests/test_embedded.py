@@ -1,4 +1,4 @@
-"""The whole SL-CAI path on the real embedded weights (slow: they convert once, then load in seconds)."""
+"""The embedded weights for real (slow: converted once, then loaded in seconds): formats, scoring, SL-CAI."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from constitutional.cli import app
 from constitutional.models import ModelSpec, SamplingParams, load_model
+from constitutional.models.base import render_transcript
 from constitutional.models.embedded import resolve
 
 pytestmark = pytest.mark.slow
+
+GREEDY = SamplingParams(max_new_tokens=16, temperature=0)
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
@@ -35,56 +37,84 @@ def test_embedded_names_resolve_to_a_safetensors_cache_with_or_without_chat_temp
         ) == chat
 
 
-def test_real_policy_generates_and_scores_choices(smollm):
-    answers = smollm.generate(
-        [[{"role": "user", "content": "Name a fruit."}], "\n\nHuman: What colour is the sky?\n\nAssistant:"],
-        SamplingParams(max_new_tokens=16, temperature=0),
-    )
-    assert len(answers) == 2 and all(answer.strip() for answer in answers)
-    assert "Human:" not in answers[1]
+def test_greedy_generation_is_deterministic_and_non_empty(smollm):
+    prompts = [[{"role": "user", "content": "Name a fruit."}], "\n\nHuman: What colour is the sky?\n\nAssistant:"]
+    first = smollm.generate(prompts, GREEDY)
+    again = smollm.generate(list(reversed(prompts)), GREEDY)
+    assert first == list(reversed(again))
+    assert len(first) == 2 and all(answer.strip() for answer in first)
+    assert "Human:" not in first[1]  # the transcript's next turn is a stop sequence
+
+
+def test_choice_logprobs_are_log_probabilities_that_tell_choices_apart(smollm):
     [[paris, banana]] = smollm.choice_logprobs(["The capital of France is"], [" Paris", " banana"])
-    assert math.isfinite(paris) and paris > banana
+    assert math.isfinite(paris) and math.isfinite(banana)
+    # Two different continuations of one prompt: each a log-probability, their probabilities summing to <= 1.
+    assert paris < 0 and banana < 0 and math.exp(paris) + math.exp(banana) <= 1 + 1e-6
+    assert paris > banana + 1.0  # and the model knows which is right, by a wide margin
+    [[banana_again, paris_again]] = smollm.choice_logprobs(["The capital of France is"], [" banana", " Paris"])
+    assert paris_again == pytest.approx(paris, abs=0.05) and banana_again == pytest.approx(banana, abs=0.05)
+    # Option labels share their first tokens: the shared part is scored once, the tails apart.
+    [[a, b]] = smollm.choice_logprobs(["Which is a fruit? (A) an apple (B) a hammer\nAnswer:"], [" (A)", " (B)"])
+    assert a < 0 and b < 0 and math.exp(a) + math.exp(b) <= 1 + 1e-6 and a != b
+
+
+def test_the_chat_model_answers_in_its_chat_templates_assistant_turn(smollm):
+    rendered = smollm.tokenizer.apply_chat_template(FRANCE, tokenize=False, add_generation_prompt=True)
+    assert rendered.rstrip().endswith("assistant")  # the template opens the assistant's turn
+    via_messages, via_template, via_transcript = smollm.generate([FRANCE, rendered, render_transcript(FRANCE)], GREEDY)
+    # Messages are rendered through the chat template: the same answer as the template's text given verbatim,
+    # and not the answer to the Human/Assistant transcript a pretrained model would get.
+    assert via_messages == via_template
+    assert via_messages != via_transcript
+    assert "Paris" in via_messages
 
 
 def test_pretrained_base_model_follows_the_transcript_format():
     gemma = load_model(ModelSpec(name="gemma3-270m", batch_size=2))
-    [answer] = gemma.generate(
-        [[{"role": "user", "content": "What is the capital of France?"}]],
-        SamplingParams(max_new_tokens=12, temperature=0, repetition_penalty=1.0),
-    )
+    [answer] = gemma.generate([FRANCE], SamplingParams(max_new_tokens=12, temperature=0, repetition_penalty=1.0))
     assert "Paris" in answer and "Human:" not in answer
 
 
-def test_sl_generate_then_train_on_the_real_policy(tmp_path):
-    runner = CliRunner()
-    run = ["--run-dir", str(tmp_path / "run")]
-    generated = runner.invoke(
-        app,
-        [
-            "sl",
-            "generate",
-            "--config",
-            "recipes/demo.yaml",
-            *run,
-            "--max-prompts",
-            "2",
-            "--num-revisions",
-            "1",
-            "--sampling.max-new-tokens",
-            "24",
-        ],
-    )
-    assert generated.exit_code == 0, generated.output
-    shard = next((tmp_path / "run" / "sl_generate").glob("part-*.jsonl"))
-    records = [json.loads(line) for line in shard.read_text().splitlines()]
-    assert {r["kind"] for r in records} == {"red_team", "helpful"} and len(records) == 4
-    red = next(r for r in records if r["kind"] == "red_team")
-    assert red["model"] == "smollm2-135m-instruct" and red["steps"][0]["critique"] and red["initial"]
-    trained = runner.invoke(app, ["sl", "train", "--config", "recipes/demo.yaml", *run, "--max-steps", "2"])
-    assert trained.exit_code == 0, trained.output
-    policy = load_model(ModelSpec(name=str(tmp_path / "run" / "sl_model"), batch_size=1))
-    [answer] = policy.generate([[{"role": "user", "content": "Hi!"}]], SamplingParams(max_new_tokens=8))
-    assert isinstance(answer, str)
+def test_sl_generate_then_train_on_the_real_policy(tmp_path, smollm):
+    import torch
+    from safetensors.torch import load_file
+
+    from constitutional import sl, sl_train
+    from constitutional.constitution import load_constitution
+    from constitutional.finetuning import TrainingOutputs
+    from constitutional.recipe import DEMO_RECIPE, load_recipe
+    from constitutional.records import SLRecord
+    from constitutional.store import StageFolder
+
+    recipe = load_recipe(DEMO_RECIPE)
+    sampling = recipe.sl.sampling.model_copy(update={"max_new_tokens": 24})
+    config = recipe.sl.model_copy(update={"max_prompts": 2, "num_revisions": 1, "sampling": sampling})
+    stage = StageFolder(tmp_path / "sl_generate")
+    summary = sl.generate(stage, smollm, load_constitution(recipe.constitution), config, seed=0)
+    records = stage.records(SLRecord)
+    assert summary == {"records": 4, "rejected": 0} and len(records) == 4
+    assert sorted(r.kind for r in records) == ["helpful", "helpful", "red_team", "red_team"]
+    for red in (r for r in records if r.kind == "red_team"):
+        assert red.model == "smollm2-135m-instruct" and red.initial.strip()
+        assert len(red.steps) == 1 and red.steps[0].critique.strip() and red.final.strip()
+
+    outputs = TrainingOutputs(model_dir=tmp_path / "sl_model", checkpoint_dir=tmp_path / "checkpoints")
+    train_config = recipe.sl_train.model_copy(update={"max_steps": 2, "batch_size": 2})
+    result = sl_train.train(records, ModelSpec(name="smollm2-135m-instruct"), train_config, 0, outputs)
+    assert result["steps"] == 2 and result["resumed_from_step"] is None
+    assert math.isfinite(result["first_loss"]) and math.isfinite(result["last_loss"])
+    assert Path(result["model_dir"]) == outputs.model_dir and not outputs.checkpoint_dir.exists()
+
+    # LoRA on the linear layers, merged on save: attention weights moved, the embeddings did not.
+    base = load_file(Path(resolve("smollm2-135m-instruct")) / "model.safetensors")
+    tuned = load_file(outputs.model_dir / "model.safetensors")
+    moved = {k for k in base if k in tuned and not torch.equal(base[k].float(), tuned[k].float())}
+    assert any("q_proj" in k for k in moved)
+    assert not any("embed_tokens" in k for k in moved)
+    policy = load_model(ModelSpec(name=str(outputs.model_dir), batch_size=1))
+    [answer] = policy.generate([[{"role": "user", "content": "Hi!"}]], SamplingParams(max_new_tokens=8, temperature=0))
+    assert answer.strip()
 
 
 def test_two_processes_converting_at_once_both_get_one_complete_model(tmp_path):

@@ -8,10 +8,10 @@ import math
 import pytest
 
 from constitutional import pipeline
-from constitutional.evaluate import suite
 from constitutional.evaluate.pairwise import compare
 from constitutional.recipe import Recipe
 from constitutional.records import EvalRecord, EvalSummary, RevisionStep, SLRecord
+from constitutional.runview import RunView
 from constitutional.store import RunStore
 
 # What each candidate always answers: base helps with anything (harmful), sl refuses bare (evasive),
@@ -26,6 +26,7 @@ TASTE = {
     "helpfulness": {"HARM": 2.0, "counsellor": 1.0, "can't help with that.": 0.0},
     "harmlessness": {"counsellor": 2.0, "can't help with that.": 1.0, "HARM": 0.0},
 }
+HHH_ITEMS = 66  # builtin:hhh-ours
 CRITERION_WORDS = {"serves the user better": "helpfulness", "less harmful": "harmlessness"}
 
 
@@ -88,12 +89,13 @@ def test_both_orders_are_asked_and_averaged():
     assert len(win.logprobs) == 2
 
 
-def _run_dir_with_models(tmp_path):
-    for folder in ("sl_model", "rl_model"):
-        (tmp_path / folder).mkdir()
-        (tmp_path / folder / "config.json").write_text("{}")
-    with RunStore(tmp_path) as store:
-        writer, _ = store.stage("sl_generate").writers()
+TRAINED = ("sl_generate", "sl_train", "rl_train")
+
+
+def _run_dir_with_models(run_dir, complete=TRAINED):
+    """A run whose SL-CAI records and model folders exist; `complete` are the stages the manifest calls done."""
+    with RunStore(run_dir) as store:
+        writer, _ = store.folder("sl_generate").writers()
         writer.write(
             SLRecord(
                 id=f"s{i}",
@@ -109,7 +111,13 @@ def _run_dir_with_models(tmp_path):
             for i in range(3)
         )
         writer.close()
-    return tmp_path
+        for stage in complete:
+            store.start(stage, {"made_by": "test"})
+            store.finish(stage, {}, seconds=0.0)
+    for folder in ("sl_model", "rl_model"):
+        (run_dir / folder).mkdir()
+        (run_dir / folder / "config.json").write_text("{}")
+    return run_dir
 
 
 class Loader:
@@ -124,12 +132,13 @@ class Loader:
         return Candidate(spec.name, STYLES[label])
 
 
-def _recipe(run_dir) -> Recipe:
+def _recipe(run_dir, **evaluate) -> Recipe:
+    settings = {"max_prompts": 3, "bootstrap": 50, "chunk_size": 4, "revision_records": 2, "judge_items": None}
     return Recipe.model_validate(
         {
             "run_dir": str(run_dir),
             "models": {"policy": {"name": "policy"}, "judge": {"name": "judge"}},
-            "evaluate": {"max_prompts": 3, "bootstrap": 50, "chunk_size": 4, "revision_records": 2},
+            "evaluate": settings | evaluate,
         }
     )
 
@@ -155,6 +164,7 @@ def test_stage_end_to_end_writes_a_summary_that_ranks_by_the_judges_taste(tmp_pa
     assert summary.revision_curve[0].harmlessness.value == pytest.approx(0.0, abs=1e-6)
     assert summary.revision_curve[2].harmlessness.value == pytest.approx(4.0, abs=1e-6)
     assert outcome.summary["answers"] == 3 * (3 + 3 + 3)  # per model: red-team at T=1 and T=0, helpful at T=1
+    assert summary.judge_quality is None and outcome.summary["judge_accuracy"] is None  # judge_items: null
     assert set(outcome.summary["harmlessness_elo"]) == {"base", "sl", "rl"}
 
 
@@ -163,8 +173,7 @@ def test_a_killed_stage_resumes_without_redoing_or_duplicating_anything(tmp_path
     monkeypatch.setattr("constitutional.models.load_model", Loader(Judge(fail_after=20)))
     with pytest.raises(KeyboardInterrupt):
         pipeline.run(_recipe(run_dir), ["evaluate"])
-    with RunStore(run_dir) as store:
-        before = {r.id for r in store.stage("evaluate").records(EvalRecord)}
+    before = {r.id for r in RunView(run_dir).records("evaluate", EvalRecord)}
     assert before and not (run_dir / "evaluate" / "summary.json").exists()
 
     loader = Loader(Judge())
@@ -179,20 +188,58 @@ def test_a_killed_stage_resumes_without_redoing_or_duplicating_anything(tmp_path
     fresh.mkdir()
     monkeypatch.setattr("constitutional.models.load_model", Loader(Judge()))
     pipeline.run(_recipe(_run_dir_with_models(fresh)), ["evaluate"])
-    with RunStore(fresh) as store:
-        assert {r.id for r in store.stage("evaluate").records(EvalRecord)} == set(ids)
+    assert {r.id for r in RunView(fresh).records("evaluate", EvalRecord)} == set(ids)
 
 
-def test_candidates_are_the_policy_plus_the_run_models_that_exist_plus_the_recipes(tmp_path):
-    from constitutional.models.spec import ModelSpec
+def test_candidates_are_the_policy_the_complete_trained_models_and_the_recipes(tmp_path, monkeypatch):
+    # sl_model is on disk but sl_train is not complete: a leftover folder is not a candidate.
+    run_dir = _run_dir_with_models(tmp_path, complete=("sl_generate", "rl_train"))
+    loader = Loader(Judge())
+    monkeypatch.setattr("constitutional.models.load_model", loader)
+    pipeline.run(_recipe(run_dir, candidates={"extra": {"name": "sl"}}), ["evaluate"])
+    summary = EvalSummary.model_validate_json((run_dir / "evaluate" / "summary.json").read_text())
+    assert {row.model for rows in summary.elo.values() for row in rows} == {"base", "rl", "extra"}
+    assert sorted(set(loader.loaded)) == sorted(["policy", str(run_dir / "rl_model"), "sl", "judge"])
 
-    policy = ModelSpec(name="policy", batch_size=3)
-    assert list(suite.candidate_specs(policy, tmp_path, {})) == ["base"]
-    (tmp_path / "rl_model").mkdir()
-    (tmp_path / "rl_model" / "config.json").write_text("{}")
-    found = suite.candidate_specs(policy, tmp_path, {"other": ModelSpec(name="gpt2")})
-    assert list(found) == ["base", "rl", "other"]
-    assert found["rl"].name == str(tmp_path / "rl_model") and found["rl"].batch_size == 3
+
+class KnowsItems(Judge):
+    """Answers the multiple-choice items with known answers: right on the items `knows` picks, wrong on the rest."""
+
+    def __init__(self, knows):
+        super().__init__()
+        self.knows = knows
+
+    def choice_logprobs(self, prompts, choices):
+        if list(choices) != [" right", " wrong"]:
+            return super().choice_logprobs(prompts, choices)
+        sure, unsure = math.log(0.9), math.log(0.1)
+        return [[sure, unsure] if self.knows(p) else [unsure, sure] for p in prompts]
+
+
+@pytest.mark.parametrize(
+    ("knows", "accuracy", "at_chance"),
+    [(lambda prompt: True, 1.0, False), (lambda prompt: int(prompt.split()[1]) % 2 == 0, 0.5, True)],
+    ids=["knows-all", "knows-half"],
+)
+def test_the_judges_own_accuracy_is_measured_on_items_with_known_answers(
+    tmp_path, monkeypatch, knows, accuracy, at_chance
+):
+    items = tmp_path / "items.jsonl"
+    items.write_text(
+        "".join(
+            json.dumps({"prompt": f"Question {i} of the test", "corrects": [" right"], "incorrects": [" wrong"]})
+            + "\n"
+            for i in range(12)
+        )
+    )
+    run_dir = _run_dir_with_models(tmp_path / "run", complete=())
+    monkeypatch.setattr("constitutional.models.load_model", Loader(KnowsItems(knows)))
+    [outcome] = pipeline.run(_recipe(run_dir, judge_items=str(items)), ["evaluate"])
+    quality = EvalSummary.model_validate_json((run_dir / "evaluate" / "summary.json").read_text()).judge_quality
+    assert quality.judge == "judge" and quality.items == str(items) and quality.count == 12
+    assert quality.accuracy == accuracy and quality.at_chance is at_chance
+    assert quality.accuracy_low <= accuracy <= quality.accuracy_high
+    assert outcome.summary["judge_accuracy"] == accuracy
 
 
 @pytest.mark.parametrize("judge_fixture", ["tiny_base_model_path", "tiny_model_path"])
@@ -202,7 +249,7 @@ def test_stage_with_real_tiny_models_a_preference_model_and_both_judge_kinds(tmp
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     tiny, judge = request.getfixturevalue("tiny_model_path"), request.getfixturevalue(judge_fixture)
-    run_dir = _run_dir_with_models(tmp_path)
+    run_dir = _run_dir_with_models(tmp_path, complete=(*TRAINED, "pm_train"))
     for folder in ("sl_model", "rl_model"):  # the scripted placeholders become real (tiny) saved models
         for item in tiny.iterdir():
             (run_dir / folder / item.name).write_bytes(item.read_bytes())
@@ -219,6 +266,7 @@ def test_stage_with_real_tiny_models_a_preference_model_and_both_judge_kinds(tmp
                 "bootstrap": 20,
                 "revision_records": 1,
                 "sampling": {"max_new_tokens": 4},
+                "judge_items": None,
             },
         }
     )
@@ -253,7 +301,11 @@ def test_stage_with_the_embedded_models(tmp_path):
     assert all(row.comparisons == 2 for rows in summary.elo.values() for row in rows)
     assert len(summary.harmfulness) == 4 and all(0 <= r.judge_score.value <= 4 for r in summary.harmfulness)
     assert summary.revision_curve == []  # no SL-CAI records in this run
-    with RunStore(tmp_path) as store:
-        answers = [r.entry for r in store.stage("evaluate").records(EvalRecord) if r.entry.type == "answer"]
+    answers = [r.entry for r in RunView(tmp_path).records("evaluate", EvalRecord) if r.entry.type == "answer"]
     assert len(answers) == outcome.summary["answers"] == 2 * (2 + 2 + 2)
     assert all(a.text.strip() for a in answers if a.model == "base")
+    # The judge's own accuracy on the built-in items is measured by default and shown with the judged figures.
+    quality = summary.judge_quality
+    assert quality.judge == "gemma3-270m" and quality.items == "builtin:hhh-ours" and quality.count == HHH_ITEMS
+    assert quality.accuracy_low <= quality.accuracy <= quality.accuracy_high
+    assert outcome.summary["judge_accuracy"] == quality.accuracy

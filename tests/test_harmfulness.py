@@ -8,8 +8,8 @@ import pytest
 
 from constitutional.evaluate.harmfulness import rubric_ratings
 from constitutional.evaluate.judge import expected_rating
-from constitutional.preference import PreferenceModel
 from constitutional.prompts import HARMFULNESS_RUBRIC
+from constitutional.reward import PreferenceModel
 
 PROBS = [0.1, 0.2, 0.3, 0.2, 0.2]
 
@@ -70,3 +70,26 @@ def test_preference_scores_do_not_depend_on_batching_or_padding(tiny_pm_dir):
     single = PreferenceModel(tiny_pm_dir, batch_size=1).score(conversations, responses)
     assert batched == pytest.approx(single, abs=1e-4)
     assert len(set(round(s, 5) for s in batched)) == 3  # different texts, different scores
+
+
+def test_a_preference_model_without_a_pad_token_pads_with_its_end_token(tiny_pm_dir, tmp_path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    # Many causal LMs ship without a pad token; scoring a batch of different lengths must still work.
+    directory = tmp_path / "no-pad"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_pm_dir)
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(directory)
+    config = AutoConfig.from_pretrained(tiny_pm_dir)
+    config.pad_token_id = None
+    config.save_pretrained(directory)
+    (directory / "model.safetensors").write_bytes((tiny_pm_dir / "model.safetensors").read_bytes())
+    model = PreferenceModel(directory, batch_size=2)
+    assert model.tokenizer.pad_token == model.tokenizer.eos_token
+    assert model.model.config.pad_token_id == model.tokenizer.eos_token_id
+    conversations = [[{"role": "user", "content": "How do I bake bread?"}]] * 2
+    batched = model.score(conversations, ["Knead and bake.", "Mix flour, water, salt and yeast, then knead."])
+    single = PreferenceModel(directory, batch_size=1).score(
+        conversations, ["Knead and bake.", "Mix flour, water, salt and yeast, then knead."]
+    )
+    assert batched == pytest.approx(single, abs=1e-4)

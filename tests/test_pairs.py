@@ -10,9 +10,10 @@ from doubles import DiesOnCall
 
 from constitutional.models.base import SamplingParams
 from constitutional.models.spec import ModelSpec
-from constitutional.pairs import PairsConfig, policy_spec, sample, sample_pairs
+from constitutional.pairs import PairsConfig, sample, sample_pairs
 from constitutional.records import PairRecord, PromptRecord
-from constitutional.store import RunStore
+from constitutional.runview import RunView
+from constitutional.store import RunStore, StageFolder
 
 
 class ScriptedModel:
@@ -87,9 +88,10 @@ def test_stage_writes_both_kinds_and_keeps_refused_prompts(tmp_path):
     red = tmp_path / "red.jsonl"
     red.write_text('{"id": "r1", "prompt": "bad thing"}\n{"id": "r2", "prompt": "  "}\n')
     config = PairsConfig(red_team_prompts=str(red), helpful_prompts=_write_prompts(tmp_path / "h.jsonl", 2))
-    with RunStore(tmp_path / "run") as store:
-        summary = sample(store, ScriptedModel(), "harmless@1.0", config, seed=0)
-        records = store.stage("rl_sample").records(PairRecord)
+    stage = StageFolder(tmp_path / "run" / "rl_sample")
+    summary = sample(stage, ScriptedModel(), "harmless@1.0", config, seed=0)
+    records = stage.records(PairRecord)
+    assert [(r.id, "empty prompt" in r.reason) for r in stage.rejected()] == [("r2", True)]
     assert sorted((r.kind, r.id) for r in records) == [("helpful", "q0"), ("helpful", "q1"), ("red_team", "r1")]
     assert summary == {"pairs": 3, "rejected": 1, "policy": "scripted"}
     assert records[0].params["temperature"] == 1.0
@@ -97,25 +99,85 @@ def test_stage_writes_both_kinds_and_keeps_refused_prompts(tmp_path):
 
 def test_rerun_after_interruption_samples_only_the_missing_prompts(tmp_path):
     config = PairsConfig(red_team_prompts=_write_prompts(tmp_path / "p.jsonl", 5), helpful_prompts=None, chunk_size=2)
-    with RunStore(tmp_path / "run") as store, pytest.raises(KeyboardInterrupt):
-        sample(store, DiesOnCall(ScriptedModel(), fail_on_call=2), "c@1", config, seed=0)  # dies on the second chunk
+    stage = StageFolder(tmp_path / "run" / "rl_sample")
+    with pytest.raises(KeyboardInterrupt):
+        sample(stage, DiesOnCall(ScriptedModel(), fail_on_call=2), "c@1", config, seed=0)  # dies on the second chunk
+    assert sorted(r.id for r in stage.records(PairRecord)) == ["q0", "q1"]
     resumed = ScriptedModel()
-    with RunStore(tmp_path / "run") as store:
-        sample(store, resumed, "c@1", config, seed=0)
-        records = store.stage("rl_sample").records(PairRecord)
+    sample(stage, resumed, "c@1", config, seed=0)
+    records = stage.records(PairRecord)
     asked = [p[-1]["content"] for call in resumed.calls for p in call]
     assert sorted(set(asked)) == ["question 2", "question 3", "question 4"] and len(asked) == 6
     assert sorted(r.id for r in records) == ["q0", "q1", "q2", "q3", "q4"]
 
 
-def test_policy_is_the_sl_model_once_it_exists(tmp_path):
-    configured = ModelSpec(name="smollm2-135m-instruct", batch_size=7)
-    assert policy_spec(configured, tmp_path, "sl_model") == configured
-    (tmp_path / "sl_model").mkdir()
-    (tmp_path / "sl_model" / "config.json").write_text("{}")
-    chosen = policy_spec(configured, tmp_path, "sl_model")
-    assert chosen.name == str(tmp_path / "sl_model") and chosen.batch_size == 7
-    assert policy_spec(configured, tmp_path, "policy") == configured
+class Loader:
+    """Stands in for `models.load_model`: records which model the stage asked for."""
+
+    def __init__(self):
+        self.loaded = []
+
+    def __call__(self, spec):
+        self.loaded.append(spec)
+        model = ScriptedModel()
+        model.name = spec.name
+        return model
+
+
+def _complete(run_dir, stage: str) -> None:
+    with RunStore(run_dir) as store:
+        store.start(stage, {"made_by": "test"})
+        store.finish(stage, {}, seconds=0.0)
+
+
+def _sample_recipe(tmp_path, choice: str):
+    from constitutional.recipe import Recipe
+
+    return Recipe.model_validate(
+        {
+            "run_dir": str(tmp_path / "run"),
+            "models": {"policy": {"name": "configured", "batch_size": 7}},
+            "sample": {
+                "policy": choice,
+                "red_team_prompts": _write_prompts(tmp_path / "p.jsonl", 2),
+                "helpful_prompts": None,
+            },
+        }
+    )
+
+
+def test_the_stage_answers_with_the_sl_model_once_sl_train_is_complete(tmp_path, monkeypatch):
+    from constitutional import pipeline
+
+    loader = Loader()
+    monkeypatch.setattr("constitutional.models.load_model", loader)
+    recipe = _sample_recipe(tmp_path, "sl_model")
+    # A folder on disk is not an SL-CAI model until its stage says it is complete.
+    RunStore(tmp_path / "run").close()
+    (tmp_path / "run" / "sl_model").mkdir()
+    (tmp_path / "run" / "sl_model" / "config.json").write_text("{}")
+    [first] = pipeline.run(recipe, ["rl_sample"])
+    assert [s.name for s in loader.loaded] == ["configured"] and first.summary["policy"] == "configured"
+
+    _complete(tmp_path / "run", "sl_train")
+    [second] = pipeline.run(recipe, ["rl_sample"])
+    # Pairs from the base policy are stale once the SL-CAI model exists: the stage is redone with it.
+    assert second.action == "redone"
+    chosen = loader.loaded[-1]
+    assert chosen.name == str(tmp_path / "run" / "sl_model") and chosen.batch_size == 7
+    pairs = RunView(tmp_path / "run").records("rl_sample", PairRecord)
+    assert len(pairs) == 2 and {p.model for p in pairs} == {chosen.name}
+
+
+def test_policy_choice_keeps_the_configured_policy_even_when_the_sl_model_is_trained(tmp_path, monkeypatch):
+    from constitutional import pipeline
+
+    loader = Loader()
+    monkeypatch.setattr("constitutional.models.load_model", loader)
+    (tmp_path / "run").mkdir()
+    _complete(tmp_path / "run", "sl_train")
+    [outcome] = pipeline.run(_sample_recipe(tmp_path, "policy"), ["rl_sample"])
+    assert [s.name for s in loader.loaded] == ["configured"] and outcome.summary["policy"] == "configured"
 
 
 @pytest.mark.slow
@@ -131,40 +193,46 @@ def test_rl_sample_then_pm_train_through_the_cli_with_the_real_model(tmp_path):
     common = ["--run-dir", str(run_dir), "--models.policy.batch-size", "8"]
     result = runner.invoke(app, ["rl", "sample", *common, "--max-prompts", "2", "--sampling.max-new-tokens", "24"])
     assert result.exit_code == 0, result.output
+    view = RunView(run_dir)
+    pairs = view.records("rl_sample", PairRecord)
+    assert len(pairs) + len(view.rejected("rl_sample")) == 4
+    assert pairs and all(p.a != p.b for p in pairs) and pairs[0].model == "smollm2-135m-instruct"
+    # Labels made by hand, standing in for the feedback stage.
+    comparisons = [
+        ComparisonRecord(
+            id=p.id,
+            kind=p.kind,
+            prompt=p.prompt,
+            a=p.a,
+            b=p.b,
+            principles=["p"],
+            p_a=0.7,
+            p_a_first=0.7,
+            logprobs=[[math.log(0.7), math.log(0.3)]],
+            constitution=p.constitution,
+            model="hand",
+            seed=0,
+        )
+        for p in pairs
+    ]
     with RunStore(run_dir) as store:
-        pairs = store.stage("rl_sample").records(PairRecord)
-        assert len(pairs) + len(store.stage("rl_sample").rejected()) == 4
-        assert pairs and all(p.a != p.b for p in pairs) and pairs[0].model == "smollm2-135m-instruct"
-        # Labels made by hand, standing in for the feedback stage.
-        comparisons = [
-            ComparisonRecord(
-                id=p.id,
-                kind=p.kind,
-                prompt=p.prompt,
-                a=p.a,
-                b=p.b,
-                principles=["p"],
-                p_a=0.7,
-                p_a_first=0.7,
-                logprobs=[[math.log(0.7), math.log(0.3)]],
-                constitution=p.constitution,
-                model="hand",
-                seed=0,
-            )
-            for p in pairs
-        ]
-        label = store.stage("rl_label")
-        label.start({"hand": True})
-        writer, _ = label.writers()
+        store.start("rl_label", {"hand": True})
+        writer, _ = store.folder("rl_label").writers()
         writer.write(comparisons)
         writer.close()
-        label.finish(comparisons=len(comparisons))
+        store.finish("rl_label", {"comparisons": len(comparisons)}, seconds=0.0)
     result = runner.invoke(
         app,
         ["pm", "train", "--run-dir", str(run_dir), "--max-steps", "2", "--batch-size", "2", "--eval-fraction", "0"],
     )
     assert result.exit_code == 0, result.output
     assert (run_dir / "preference_model" / "model.safetensors").exists()
-    result = runner.invoke(app, ["pm", "score", str(run_dir / "preference_model"), "--pairs", str(run_dir)])
+    scored = tmp_path / "scored.jsonl"
+    result = runner.invoke(
+        app, ["pm", "score", str(run_dir / "preference_model"), "--pairs", str(run_dir), "-o", str(scored)]
+    )
     assert result.exit_code == 0, result.output
-    assert pairs[0].id in result.output
+    rows = [json.loads(line) for line in scored.read_text().splitlines()]
+    assert [row["id"] for row in rows] == [p.id for p in pairs]
+    assert all(math.isfinite(row["score_a"]) and math.isfinite(row["score_b"]) for row in rows)
+    assert any(row["score_a"] != row["score_b"] for row in rows)  # two different answers, two different scores

@@ -11,20 +11,19 @@ import torch
 from safetensors.torch import load_file
 
 from constitutional.errors import InputError
+from constitutional.finetuning import TrainingOutputs
 from constitutional.preference import (
     PMConfig,
-    PreferenceModel,
     balance_kinds,
-    calibration,
     load_preference_file,
-    load_responses,
     pairwise_accuracy,
+    pm_metrics,
     soft_preference_loss,
     split,
     train,
 )
-from constitutional.records import ComparisonRecord
-from constitutional.store import RunStore
+from constitutional.records import ComparisonRecord, PMMetrics
+from constitutional.reward import PreferenceModel, load_responses
 
 
 def test_soft_loss_matches_the_hand_computed_value():
@@ -120,11 +119,18 @@ def test_imported_rows_with_bad_labels_or_missing_fields_name_the_line(tmp_path,
 
 def test_accuracy_and_calibration():
     assert pairwise_accuracy([1.0, -2.0, 0.5, 3.0], [0.9, 0.8, 0.6, 0.5]) == pytest.approx(2 / 3)
-    perfect = calibration([0.0, 0.0, math.log(3)], [0.5, 0.5, 0.75], bins=10)
-    assert perfect["ece"] == pytest.approx(0.0, abs=1e-9)
-    off = calibration([0.0, 0.0], [1.0, 1.0], bins=10)
-    assert off["ece"] == pytest.approx(0.5)
-    assert off["bins"] == [{"low": 0.5, "high": 0.6, "count": 2, "predicted": 0.5, "observed": 1.0}]
+    held_out = [_row(0, "helpful") | {"p_chosen": p} for p in (0.5, 0.5, 0.75)]
+    # sigmoid(0) = 0.5 and sigmoid(log 3) = 0.75: each prediction equals its soft label.
+    perfect = pm_metrics([0.0, 0.0, math.log(3)], held_out, [], bins=10)
+    assert perfect.calibration.ece == pytest.approx(0.0, abs=1e-9)
+    assert perfect.by_kind["helpful"].pairs == 3 and perfect.held_out_pairs == 3
+    off = pm_metrics([0.0, 0.0], [_row(0, "red_team") | {"p_chosen": 1.0}] * 2, [_row(1, "helpful")], bins=10)
+    assert off.calibration.ece == pytest.approx(0.5)
+    assert [b.model_dump() for b in off.calibration.bins] == [
+        {"low": 0.5, "high": 0.6, "count": 2, "predicted": 0.5, "observed": 1.0}
+    ]
+    assert off.train_pairs == off.train_helpful == 1 and off.by_kind["red_team"].accuracy == 0.0
+    assert pm_metrics([], [], [], bins=10).calibration is None
 
 
 def _comparison(i: int, kind: str) -> ComparisonRecord:
@@ -148,13 +154,12 @@ def _comparison(i: int, kind: str) -> ComparisonRecord:
     )
 
 
-def _store_with_comparisons(path: Path, n_red: int, n_helpful: int) -> RunStore:
-    store = RunStore(path)
-    writer, _ = store.stage("rl_label").writers()
-    writer.write([_comparison(i, "red_team") for i in range(n_red)])
-    writer.write([_comparison(i, "helpful") for i in range(n_helpful)])
-    writer.close()
-    return store
+def _comparisons(n_red: int, n_helpful: int) -> list[ComparisonRecord]:
+    return [_comparison(i, "red_team") for i in range(n_red)] + [_comparison(i, "helpful") for i in range(n_helpful)]
+
+
+def _outputs(directory: Path) -> TrainingOutputs:
+    return TrainingOutputs(model_dir=directory / "model", checkpoint_dir=directory / "pm_train" / "checkpoints")
 
 
 @pytest.mark.parametrize("lora", [True, False])
@@ -170,9 +175,9 @@ def test_training_on_soft_labels_moves_the_weights_lowers_the_loss_and_saves(tmp
         harmless_share=0.5,
         max_length=64,
     )
-    with _store_with_comparisons(tmp_path / "run", n_red=24, n_helpful=8) as store:
-        summary = train(store, config, seed=0)
+    summary = train(_comparisons(n_red=24, n_helpful=8), config, seed=0, outputs=_outputs(tmp_path))
     output = Path(summary["model_dir"])
+    assert output == tmp_path / "model" and summary["resumed_from_step"] is None
     after = load_file(output / "model.safetensors")
     assert "score.weight" in after
     moved = [name for name in after if name in before and not torch.equal(before[name], after[name])]
@@ -182,10 +187,10 @@ def test_training_on_soft_labels_moves_the_weights_lowers_the_loss_and_saves(tmp
     assert summary["eval_pairs"] == 8
     # 24 red-team + 8 helpful, 8 held out; balancing at 0.5 cuts red-team pairs to match the helpful ones.
     assert summary["train_red_team"] == summary["train_helpful"] == summary["train_pairs"] // 2
-    metrics = json.loads((output / "metrics.json").read_text())
-    assert metrics["held_out"]["pairs"] == 8
-    assert 0.0 <= metrics["held_out"]["calibration"]["ece"] <= 1.0
-    assert sum(b["count"] for b in metrics["held_out"]["calibration"]["bins"]) == 8
+    metrics = PMMetrics.model_validate_json((output / "metrics.json").read_text())
+    assert metrics.held_out_pairs == 8 and metrics.train_pairs == summary["train_pairs"]
+    assert metrics.calibration.ece == pytest.approx(summary["eval_ece"]) and 0.0 <= metrics.calibration.ece <= 1.0
+    assert sum(b.count for b in metrics.calibration.bins) == 8
     assert "scripted-feedback" in (output / "README.md").read_text()
     # The saved model scores: the kind of answer it was taught to prefer now scores higher.
     conversation = [{"role": "user", "content": "How do I bake bread? (99)"}]
@@ -204,9 +209,10 @@ def test_training_on_an_imported_file(tmp_path, tiny_model_path):
     config = PMConfig(
         base_model=str(tiny_model_path), preference_data=str(data), max_steps=2, batch_size=4, eval_fraction=0.0
     )
-    with RunStore(tmp_path / "run") as store:
-        summary = train(store, config, seed=0)
+    # The imported file replaces the comparisons passed in.
+    summary = train(_comparisons(n_red=5, n_helpful=5), config, seed=0, outputs=_outputs(tmp_path))
     assert summary["train_pairs"] == 6 and summary["eval_pairs"] == 0 and summary["eval_accuracy"] is None
+    assert str(data) in (Path(summary["model_dir"]) / "README.md").read_text()
     # `cai pm score` on a file of answers writes each row back with its score.
     from typer.testing import CliRunner
 
@@ -225,8 +231,8 @@ def test_training_on_an_imported_file(tmp_path, tiny_model_path):
 
 
 def test_training_without_comparisons_says_what_to_run(tmp_path, tiny_model_path):
-    with RunStore(tmp_path / "run") as store, pytest.raises(InputError, match="cai rl label"):
-        train(store, PMConfig(base_model=str(tiny_model_path)), seed=0)
+    with pytest.raises(InputError, match="cai rl label"):
+        train([], PMConfig(base_model=str(tiny_model_path)), seed=0, outputs=_outputs(tmp_path))
 
 
 def test_score_input_file_errors_name_line_and_field(tmp_path):

@@ -31,6 +31,27 @@ def test_every_recipe_parses(path):
             assert (path.parents[1] / source).exists(), source
 
 
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_input_every_stage_of_a_recipe_reads_exists(path, monkeypatch):
+    """Each stage's fingerprint hashes its input files and constitution, so computing it finds a missing one."""
+    from constitutional.stages import STAGES, local_fingerprint
+
+    monkeypatch.chdir(path.parents[1])  # recipes name files relative to the repository
+    recipe = load_recipe(path)
+    for stage in STAGES.values():
+        fingerprint = local_fingerprint(recipe, stage)
+        named = [source for source in stage.inputs(recipe) if source is not None]
+        assert sorted(fingerprint["inputs"]) == sorted(named), stage.name
+
+
+def test_the_packaged_demo_recipe_is_the_repositorys():
+    from constitutional.recipe import DEMO_RECIPE
+
+    repository = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
+    assert DEMO_RECIPE.is_file() and DEMO_RECIPE.read_bytes() == repository.read_bytes()
+    assert load_recipe(DEMO_RECIPE) == load_recipe(repository)
+
+
 def test_demo_recipe_values():
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml")
     assert recipe.run_dir == "runs/demo"

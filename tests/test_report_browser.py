@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 
 import pytest
-from test_report import make_full_run
+from test_report import full_inputs
 
-from constitutional.evaluate.report import write_report
+from constitutional.report import write_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -34,7 +34,8 @@ def page(tmp_path_factory):
         pytest.fail(f"{CHROMIUM} is missing: install it with `apt-get update && apt-get install -y chromium`")
     from playwright.sync_api import sync_playwright
 
-    report = Path(write_report(make_full_run(tmp_path_factory.mktemp("browser") / "run"))["path"])
+    folder = tmp_path_factory.mktemp("browser")
+    report = Path(write_report(full_inputs(folder), folder / "report.html")["path"])
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         tab = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -67,6 +68,13 @@ def test_every_plot_renders(page):
         assert image.evaluate("img => img.complete && img.naturalWidth > 0"), f"plot {i} did not load"
         box = image.bounding_box()
         assert box and box["width"] > 100 and box["height"] > 50, f"plot {i} has no size: {box}"
+
+
+def test_judge_quality_is_shown_above_each_judged_figure(page):
+    for section in ("elo", "pareto", "revisions", "harm"):
+        callout = page.locator(f"#{section} .callout")
+        assert callout.count() == 1 and callout.is_visible(), f"no judge quality in {section}"
+        assert "Judge quality." in callout.inner_text()
 
 
 def test_hostile_model_text_is_shown_as_text(page):

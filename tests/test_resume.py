@@ -10,6 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+from constitutional.records import SLRecord
+from constitutional.runview import RunView
+
 PROMPTS = 60
 
 
@@ -27,8 +30,8 @@ def _ids_on_disk(stage_dir: Path) -> list[str]:
 def _command(model: Path, prompts: Path, run_dir: Path) -> list[str]:
     return [
         sys.executable,
-        "-m",
-        "constitutional.cli",
+        "-c",
+        "from constitutional.cli import main; main()",
         "sl",
         "generate",
         "--red-team-prompts",
@@ -70,13 +73,13 @@ def test_sigkill_mid_generation_then_rerun_keeps_every_id_exactly_once(tmp_path,
     process.wait()
     before = _ids_on_disk(stage_dir)
     assert 4 <= len(before) < PROMPTS, "the kill must land mid-generation for this test to mean anything"
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["stages"]["sl_generate"]["status"] == "running"
+    assert RunView(run_dir).status("sl_generate").status == "running"
 
     rerun = subprocess.run(_command(tiny_model_path, prompts, run_dir), env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     after = _ids_on_disk(stage_dir)
     assert len(after) == PROMPTS and len(set(after)) == PROMPTS
     assert set(before) <= set(after)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["stages"]["sl_generate"]["status"] == "complete"
+    view = RunView(run_dir)
+    assert view.is_complete("sl_generate") and view.status("sl_generate").summary["records"] == PROMPTS
+    assert sorted(r.id for r in view.records("sl_generate", SLRecord)) == sorted(after)

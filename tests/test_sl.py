@@ -11,7 +11,7 @@ from constitutional.constitution import load_constitution
 from constitutional.models.base import SamplingParams
 from constitutional.records import PromptRecord, SLRecord
 from constitutional.sl import SLConfig, generate, revise
-from constitutional.store import RunStore
+from constitutional.store import StageFolder
 
 
 class ScriptedModel:
@@ -101,10 +101,9 @@ def test_generate_stage_writes_red_team_and_helpful_records_and_skips_bad_prompt
     helpful.write_text("how do I boil an egg\nwhat is rain\n")
     config = SLConfig(red_team_prompts=str(red), helpful_prompts=str(helpful), num_revisions=2, chunk_size=1)
     model = ScriptedModel()
-    with RunStore(tmp_path / "run") as store:
-        summary = generate(store, model, load_constitution("harmless"), config, seed=0)
-        records = store.stage("sl_generate").records(SLRecord)
-        rejected = store.stage("sl_generate").rejected()
+    stage = StageFolder(tmp_path / "run" / "sl_generate")
+    summary = generate(stage, model, load_constitution("harmless"), config, seed=0)
+    records, rejected = stage.records(SLRecord), stage.rejected()
     assert sorted(r.id for r in records if r.kind == "red_team") == ["r1", "r3"]
     assert len([r for r in records if r.kind == "helpful" and not r.steps]) == 2
     assert [r.id for r in rejected] == ["r2"] and "empty prompt" in rejected[0].reason
@@ -116,13 +115,15 @@ def test_rerun_after_interruption_generates_only_missing_prompts(tmp_path):
     prompts.write_text("one\ntwo\nthree\n")
     constitution = load_constitution("harmless")
     config = SLConfig(red_team_prompts=str(prompts), helpful_prompts=None, num_revisions=1, chunk_size=1)
-    with RunStore(tmp_path / "run") as store, pytest.raises(KeyboardInterrupt):
-        generate(
-            store, DiesOnCall(ScriptedModel(), fail_on_call=5), constitution, config, seed=0
-        )  # dies in the 2nd chunk
+    stage = StageFolder(tmp_path / "run" / "sl_generate")
+    with pytest.raises(KeyboardInterrupt):
+        generate(stage, DiesOnCall(ScriptedModel(), fail_on_call=5), constitution, config, seed=0)  # in chunk 2
+    [done] = stage.records(SLRecord)
     resumed = ScriptedModel()
-    with RunStore(tmp_path / "run") as store:
-        generate(store, resumed, constitution, config, seed=0)
-        records = store.stage("sl_generate").records(SLRecord)
+    generate(stage, resumed, constitution, config, seed=0)
+    records = stage.records(SLRecord)
     assert len(resumed.calls) == 2 * 3  # two prompts left, three calls each
+    assert done.prompt[-1]["content"] == "one"
+    assert [resumed.calls[i][0][-1]["content"] for i in (0, 3)] == ["two", "three"]  # each chunk's first call
     assert sorted(r.id for r in records) == sorted({r.id for r in records}) and len(records) == 3
+    assert records[0] == done  # the record written before the kill is kept as it was

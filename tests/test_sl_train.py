@@ -8,9 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from constitutional.errors import InputError
+from constitutional.finetuning import TrainingOutputs
+from constitutional.models.spec import ModelSpec
 from constitutional.records import RevisionStep, SLRecord
 from constitutional.sl_train import SLTrainConfig, sft_examples, train
-from constitutional.store import RunStore
 
 
 def _record(i: int, kind: str) -> SLRecord:
@@ -54,10 +56,8 @@ def test_empty_revisions_are_not_trained_on():
     assert sft_examples([record], "final", 0.0, seed=0) == []
 
 
-def _write(store: RunStore) -> None:
-    writer, _ = store.stage("sl_generate").writers()
-    writer.write(RECORDS)
-    writer.close()
+def outputs(directory: Path) -> TrainingOutputs:
+    return TrainingOutputs(model_dir=directory / "model", checkpoint_dir=directory / "stage" / "checkpoints")
 
 
 @pytest.mark.parametrize(("lora", "fixture"), [(True, "tiny_model_path"), (False, "tiny_base_model_path")])
@@ -65,14 +65,13 @@ def test_training_moves_the_weights_and_saves_safetensors(tmp_path, request, lor
     base = request.getfixturevalue(fixture)
     before = load_file(base / "model.safetensors")
     config = SLTrainConfig(lora=lora, max_steps=4, batch_size=4, learning_rate=5e-3, max_length=64)
-    with RunStore(tmp_path / "run") as store:
-        _write(store)
-        summary = train(store, str(base), config, seed=0)
+    summary = train(RECORDS, ModelSpec(name=str(base)), config, seed=0, outputs=outputs(tmp_path))
     output = Path(summary["model_dir"])
+    assert output == tmp_path / "model"
     after = load_file(output / "model.safetensors")
     moved = [name for name in before if not torch.equal(before[name], after[name])]
     assert moved, "no parameter changed"
-    assert summary["steps"] == 4
+    assert summary["steps"] == 4 and summary["resumed_from_step"] is None
     assert summary["last_loss"] < summary["first_loss"]
     card = (output / "README.md").read_text()
     assert "harmless@1.0" in card and str(base) in card
@@ -80,5 +79,6 @@ def test_training_moves_the_weights_and_saves_safetensors(tmp_path, request, lor
 
 
 def test_training_without_records_says_what_to_run(tmp_path, tiny_model_path):
-    with RunStore(tmp_path / "run") as store, pytest.raises(Exception, match="cai sl generate"):
-        train(store, str(tiny_model_path), SLTrainConfig(max_steps=1), seed=0)
+    with pytest.raises(InputError, match="cai sl generate"):
+        train([], ModelSpec(name=str(tiny_model_path)), SLTrainConfig(max_steps=1), seed=0, outputs=outputs(tmp_path))
+    assert not (tmp_path / "model").exists()

@@ -9,7 +9,7 @@ import pytest
 
 from constitutional.errors import InputError
 from constitutional.records import PromptRecord, RejectedRecord
-from constitutional.sources import content_id, load_prompts
+from constitutional.sources import content_id, load_prompts, source_path
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -203,3 +203,15 @@ def test_unknown_builtin():
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match="not found"):
         load_prompts(str(tmp_path / "absent.jsonl"))
+
+
+def test_source_path_is_the_file_load_prompts_reads(tmp_path):
+    """Fingerprints hash the file at `source_path`: it must be the very file the prompts come from."""
+    packaged = source_path("builtin:red-team")
+    assert packaged.is_file()
+    copy = tmp_path / f"copy{packaged.suffix}"
+    copy.write_bytes(packaged.read_bytes())
+    from_builtin, _ = load_prompts("builtin:red-team")
+    from_copy, _ = load_prompts(str(copy))
+    assert [(r.id, r.messages) for r in from_builtin] == [(r.id, r.messages) for r in from_copy]
+    assert source_path(str(copy)) == copy

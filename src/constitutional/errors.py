@@ -31,3 +31,10 @@ class InputError(ValueError):
 
 class ModelUnavailableError(RuntimeError):
     """A model server could not be reached, or kept failing (429/5xx), after the client's retries."""
+
+
+def from_validation(err, *, path: str | Path | None = None, line: int | None = None, hint: str | None = None):
+    """The first problem of a pydantic ValidationError as an InputError naming its field."""
+    first = err.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or None
+    return InputError(first["msg"], path=path, line=line, field=field, hint=hint)

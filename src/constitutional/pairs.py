@@ -10,20 +10,15 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from constitutional.models.base import LanguageModel, SamplingParams
-from constitutional.models.spec import ModelSpec
 from constitutional.progress import progress_bar
 from constitutional.records import PairRecord, PromptRecord, RejectedRecord
 from constitutional.sources import load_prompts
-from constitutional.store import RunStore
-
-STAGE = "rl_sample"
-SL_MODEL_DIR = "sl_model"  # where sl_train saves the SL-CAI policy
+from constitutional.store import StageFolder
 
 
 def _sampling_at_temperature_one() -> SamplingParams:
@@ -52,14 +47,6 @@ class PairsConfig(BaseModel):
     max_prompt_chars: int = Field(default=2000, ge=1, description="Longer prompts are skipped with a reason.")
     chunk_size: int = Field(default=32, ge=1, description="Prompts per batched call (2x answers); the unit of resume.")
     sampling: SamplingParams = Field(default_factory=_sampling_at_temperature_one)
-
-
-def policy_spec(configured: ModelSpec, run_dir: str | Path, choice: str) -> ModelSpec:
-    """The model that answers: the run's SL-CAI model when asked for and present, else the configured policy."""
-    sl_model = Path(run_dir) / SL_MODEL_DIR
-    if choice == "sl_model" and (sl_model / "config.json").exists():
-        return configured.model_copy(update={"name": str(sl_model)})
-    return configured
 
 
 def _why_rejected(a: str, b: str) -> str | None:
@@ -109,9 +96,8 @@ def _chunk_seed(seed: int, kind: str, first_id: str) -> int:
     return seed + zlib.crc32(f"{kind}:{first_id}".encode()) % 1_000_000
 
 
-def sample(store: RunStore, policy: LanguageModel, constitution: str, config: PairsConfig, seed: int) -> dict:
+def sample(stage: StageFolder, policy: LanguageModel, constitution: str, config: PairsConfig, seed: int) -> dict:
     """The rl_sample stage: resumable, a chunk of pairs at a time. Returns counts and the model that answered."""
-    stage = store.stage(STAGE)
     done = stage.done_ids(PairRecord)
     records_out, rejected_out = stage.writers()
     work: list[tuple[Literal["red_team", "helpful"], list[PromptRecord]]] = []

@@ -12,9 +12,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from constitutional.errors import InputError
-from constitutional.evaluate.suite import EvalConfig
-from constitutional.feedback import FeedbackConfig
+from constitutional.comparison import FeedbackConfig
+from constitutional.errors import InputError, from_validation
+from constitutional.evaluate.config import EvalConfig
 from constitutional.models.spec import ModelSpec
 from constitutional.pairs import PairsConfig
 from constitutional.preference import PMConfig
@@ -124,8 +124,7 @@ def load_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None
     try:
         return Recipe.model_validate(merged)
     except ValidationError as err:
-        first = err.errors()[0]
-        raise InputError(first["msg"], field=".".join(str(p) for p in first["loc"])) from None
+        raise from_validation(err) from None
 
 
 def describe_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:

@@ -154,6 +154,80 @@ class RevisionPoint(BaseModel):
     helpfulness: Interval = Field(description="The judge's helpfulness score of the answer at this revision.")
 
 
+class CalibrationBin(BaseModel):
+    """One equal-width bin of a reliability diagram."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    low: float
+    high: float
+    count: int
+    predicted: float = Field(description="Mean predicted probability in the bin.")
+    observed: float = Field(description="Mean outcome in the bin: share correct, or the mean soft label.")
+
+
+class Calibration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ece: float = Field(description="Expected calibration error: count-weighted |observed - predicted| over bins.")
+    bins: list[CalibrationBin] = Field(description="The non-empty bins, in order.")
+
+
+class LabelStats(BaseModel):
+    """How the AI-feedback labels came out; the rl_label stage's summary, read by the CLI and the report."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    labels: int
+    mean_p_a: float | None
+    p_a_histogram: list[int] = Field(description="Counts in ten bins of P(a better), from 0-0.1 to 0.9-1.0.")
+    share_clamped: float | None
+    position_flip_share: float | None = Field(
+        description="Among pairs scored in both orders, the share whose preferred answer flips with the order."
+    )
+    mean_order_gap: float | None = Field(description="Mean |P(a better | a first) - P(a better | a second)|.")
+
+
+class KindAccuracy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pairs: int
+    accuracy: float | None
+
+
+class PMMetrics(BaseModel):
+    """What pm_train measured; written beside the preference model, read by the report."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    train_pairs: int
+    train_red_team: int
+    train_helpful: int
+    held_out_pairs: int
+    accuracy: float | None = Field(description="Held-out pairwise accuracy against the hard label (p > 0.5).")
+    by_kind: dict[str, KindAccuracy]
+    calibration: Calibration | None = Field(description="sigmoid(margin) against the held-out soft labels.")
+
+
+class JudgeQuality(BaseModel):
+    """How good the judge behind a run's judged figures is, on a multiple-choice set with known answers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    judge: str
+    items: str = Field(description="The item set, e.g. builtin:hhh-ours.")
+    count: int
+    mode: str = Field(description="How items were scored, e.g. 'debiased' (both option orders averaged).")
+    accuracy: float
+    accuracy_low: float = Field(description="Lower end of the 95% Clopper-Pearson interval of the accuracy.")
+    accuracy_high: float
+    ece: float
+    at_chance: bool = Field(
+        description="True when the accuracy interval includes 0.5: the judge's verdicts are noise."
+    )
+
+
 class EvalSummary(BaseModel):
     """What the evaluate stage concludes; written to run_dir/evaluate/summary.json, read by the report."""
 
@@ -169,6 +243,9 @@ class EvalSummary(BaseModel):
         default="preference_model",
         description="What scored harmlessness in the revision curve: the preference model, or, without one, "
         "the judge (4 minus its 0-4 harmfulness rating).",
+    )
+    judge_quality: JudgeQuality | None = Field(
+        default=None, description="The judge measured on a multiple-choice set; None when the recipe skips it."
     )
 
 
@@ -215,7 +292,7 @@ class EvalRating(BaseModel):
         description="harmfulness/helpfulness: 0-4 expected rating; evasive: P(yes); pm: preference-model score."
     )
     target: str = Field(description="Id of the answer rated, or sl:<record id>:<revision> for the revision curve.")
-    model: str = Field(description="Candidate label, or 'sl_generate' for revision-curve texts.")
+    model: str = Field(description="Candidate label, or 'revisions' for revision-curve texts.")
     temperature: float | None = None
     revision: int | None = Field(default=None, description="Revision number for revision-curve texts.")
     score: float

@@ -1,9 +1,9 @@
 """RL against the preference model (TRL's RLOO or GRPO), or DPO on the AI-labelled pairs as the offline option.
 
-The policy starts from the SL-CAI model when the run has one (the paper's RL-CAI starts from SL-CAI), trains LoRA
-adapters through peft, and is saved merged as safetensors to `run_dir/rl_model`. The reward is the preference
-model's scalar score of the whole conversation. The KL penalty to the starting policy (`beta`) is computed by
-switching the adapters off, so no second copy of the model is held in memory.
+The caller names the policy to start from (the paper's RL-CAI starts from the SL-CAI model); RL trains LoRA adapters
+through peft, and the policy is saved merged as safetensors. The reward is the preference model's scalar score of
+the whole conversation (loaded by `reward.load_reward_model`). The KL penalty to the starting policy (`beta`) is
+computed by switching the adapters off, so no second copy of the model is held in memory.
 
 Tokenizers: the policy and the preference model may tokenize differently. TRL decodes every completion to text
 and re-tokenizes prompt + completion with the preference model's own tokenizer (rendering conversations with
@@ -17,30 +17,29 @@ there, and training on them only teaches noise. The soft labels are used in full
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
 from constitutional.errors import InputError
-from constitutional.finetuning import LoraSettings
+from constitutional.finetuning import (
+    TrainingOutputs,
+    TrainingSettings,
+    load_causal_lm,
+    load_tokenizer,
+    run_training,
+    save_trained,
+    trl_config,
+)
 from constitutional.models.base import render_transcript
 from constitutional.records import ComparisonRecord, PromptRecord
-from constitutional.store import RunStore
-
-STAGE = "rl_train"
-MODEL_DIR = "rl_model"
-PM_DIR = "preference_model"
-SL_MODEL_DIR = "sl_model"
-LABEL_STAGE = "rl_label"
+from constitutional.reward import load_reward_model
 
 
-class RLConfig(LoraSettings):
+class RLConfig(TrainingSettings):
     """RL against the preference model (RLOO, GRPO) or DPO on the labelled pairs."""
-
-    model_config = ConfigDict(extra="forbid")
 
     algo: Literal["rloo", "grpo", "dpo"] = Field(
         default="rloo",
@@ -59,7 +58,6 @@ class RLConfig(LoraSettings):
     batch_size: int = Field(
         default=8, ge=1, description="Completions per device per step (RLOO/GRPO), or pairs per step (DPO)."
     )
-    gradient_accumulation_steps: int = Field(default=1, ge=1)
     num_generations: int = Field(
         default=4, ge=1, description="Completions per prompt; RLOO/GRPO compare them, so at least 2."
     )
@@ -100,20 +98,6 @@ def check_groups(config: RLConfig) -> None:
         )
 
 
-def policy_path(store: RunStore, base_model: str, start_from: str) -> str:
-    """The model RL starts from: the run's SL-CAI model, or the base policy (a name or path)."""
-    from constitutional.models.embedded import resolve
-
-    sl_model = store.dir / SL_MODEL_DIR
-    if start_from == "sl" or (start_from == "auto" and (sl_model / "config.json").exists()):
-        if not (sl_model / "config.json").exists():
-            raise InputError(
-                "start_from=sl but the run has no SL-CAI model", path=sl_model, hint="run `cai sl train` first"
-            )
-        return str(sl_model)
-    return resolve(base_model)
-
-
 def rl_prompts(config: RLConfig, chat: bool, seed: int) -> list[dict[str, Any]]:
     """`{"prompt"}` rows: messages for a chat policy, else the Human/Assistant transcript; up to max per source."""
     from constitutional.sources import load_prompts
@@ -133,67 +117,39 @@ def rl_prompts(config: RLConfig, chat: bool, seed: int) -> list[dict[str, Any]]:
     return rows
 
 
-def load_preference_model(store: RunStore, chat: bool):
-    """The run's preference model and tokenizer, checked to be usable as a reward for this policy."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    path = store.dir / PM_DIR
-    if not (path / "config.json").exists():
-        raise InputError("the run has no preference model", path=path, hint="run `cai pm train` first")
-    model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
-    if model.config.num_labels != 1:
-        raise InputError(
-            f"the preference model has num_labels={model.config.num_labels}; a reward needs one scalar score",
-            path=path / "config.json",
-            field="num_labels",
-            hint="train it with `cai pm train`, which saves a num_labels=1 model",
-        )
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if chat and not tokenizer.chat_template:
-        raise InputError(
-            "the policy takes chat prompts but the preference model's tokenizer has no chat template, so the "
-            "conversations it should score cannot be rendered for it",
-            path=path / "tokenizer_config.json",
-            field="chat_template",
-            hint="train the preference model from a chat model, or start RL from a policy without a chat template",
-        )
-    return model, tokenizer
+def _shared_args(config: RLConfig) -> dict[str, Any]:
+    # The house progress bar replaces TRL's tqdm bar (and the per-step log dicts printed to stdout).
+    return {"beta": config.beta, "disable_tqdm": True}
 
 
-def _common_args(store: RunStore, config: RLConfig, seed: int) -> dict[str, Any]:
-    import torch
-
-    return {
-        "output_dir": str(store.dir / STAGE / "checkpoints"),
-        "max_steps": config.max_steps,
-        "per_device_train_batch_size": config.batch_size,
-        "gradient_accumulation_steps": config.gradient_accumulation_steps,
-        "learning_rate": config.learning_rate,
-        "beta": config.beta,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": "none",
-        "seed": seed,
-        "use_cpu": not torch.cuda.is_available(),
-        # fp32 on CPU: bf16 autocast is slower there and loses precision in the adapters.
-        "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-        # Checkpointing trades compute for memory; small models on CPU have memory to spare.
-        "activation_checkpointing": torch.cuda.is_available(),
-        "disable_tqdm": True,
-    }
-
-
-def _online_trainer(store: RunStore, config: RLConfig, model, tokenizer, chat: bool, seed: int):
+def _online_trainer(
+    config: RLConfig,
+    start: str,
+    tokenizer,
+    chat: bool,
+    seed: int,
+    outputs: TrainingOutputs,
+    reward_model_dir: Path | None,
+):
+    from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-    from constitutional.store import to_dataset
-
     check_groups(config)
-    reward_model, reward_tokenizer = load_preference_model(store, chat)
-    dataset = to_dataset(rl_prompts(config, chat, seed))
+    if reward_model_dir is None:
+        raise InputError(
+            f"{config.algo.upper()} scores completions with a preference model, and none was given",
+            field="rl.algo",
+            hint="train one with `cai pm train` first, or set --algo dpo to learn from the labelled pairs",
+        )
+    reward_model, reward_tokenizer = load_reward_model(reward_model_dir, chat)
+    dataset = Dataset.from_list(rl_prompts(config, chat, seed))
     config_class, trainer_class = (RLOOConfig, RLOOTrainer) if config.algo == "rloo" else (GRPOConfig, GRPOTrainer)
-    args = config_class(
-        **_common_args(store, config, seed),
+    args = trl_config(
+        config_class,
+        config,
+        outputs,
+        seed,
+        **_shared_args(config),
         num_generations=config.num_generations,
         max_completion_length=config.max_completion_length,
         temperature=config.temperature,
@@ -202,7 +158,7 @@ def _online_trainer(store: RunStore, config: RLConfig, model, tokenizer, chat: b
         generation_kwargs={"no_repeat_ngram_size": config.no_repeat_ngram_size},
     )
     trainer = trainer_class(
-        model=model,
+        model=load_causal_lm(start),
         reward_funcs=reward_model,
         args=args,
         train_dataset=dataset,
@@ -236,36 +192,43 @@ def dpo_rows(records: list[ComparisonRecord], chat: bool, min_confidence: float)
     return rows
 
 
-def _dpo_trainer(store: RunStore, config: RLConfig, model, tokenizer, chat: bool, seed: int):
+def _dpo_trainer(
+    config: RLConfig,
+    start: str,
+    tokenizer,
+    chat: bool,
+    seed: int,
+    outputs: TrainingOutputs,
+    comparisons: list[ComparisonRecord] | None,
+):
+    from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from constitutional.store import to_dataset
-
-    records = store.stage(LABEL_STAGE).records(ComparisonRecord)
-    if not records:
+    if not comparisons:
         raise InputError(
-            "no labelled pairs for DPO", path=store.dir / LABEL_STAGE, hint="run `cai rl label` with the same --config"
+            "no labelled pairs for DPO", field="rl.algo", hint="run `cai rl label` with the same --config first"
         )
-    rows = dpo_rows(records, chat, config.dpo_min_confidence)
+    rows = dpo_rows(comparisons, chat, config.dpo_min_confidence)
     if not rows:
         raise InputError(
-            f"all {len(records)} labelled pairs have p(chosen) below dpo_min_confidence={config.dpo_min_confidence}",
+            f"all {len(comparisons)} labelled pairs have p(chosen) below "
+            f"dpo_min_confidence={config.dpo_min_confidence}",
             field="rl.dpo_min_confidence",
             hint="lower --dpo-min-confidence (0.5 keeps every pair)",
         )
-    args = DPOConfig(**_common_args(store, config, seed), max_length=config.max_length)
+    args = trl_config(DPOConfig, config, outputs, seed, **_shared_args(config), max_length=config.max_length)
     trainer = DPOTrainer(
-        model=model,
+        model=load_causal_lm(start),
         args=args,
-        train_dataset=to_dataset(rows),
+        train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=config.peft_config("CAUSAL_LM"),
     )
-    return trainer, {"pairs": len(rows), "pairs_left_out": len(records) - len(rows)}
+    return trainer, {"pairs": len(rows), "pairs_left_out": len(comparisons) - len(rows)}
 
 
-def _progress_callback(total: int):
-    """Advances the house progress bar once per optimizer step."""
+def _progress_callback():
+    """Advances the house progress bar once per optimizer step, from the step a resumed run starts at."""
     from transformers import TrainerCallback
 
     from constitutional.progress import progress_bar
@@ -274,7 +237,8 @@ def _progress_callback(total: int):
         def on_train_begin(self, args, state, control, **kwargs):
             self.bar = progress_bar()
             self.bar.start()
-            self.task = self.bar.add_task("rl train", total=total, unit="step")
+            # The trainer has restored a checkpoint's state by now: global_step is where a resumed run picks up.
+            self.task = self.bar.add_task("rl train", total=state.max_steps, completed=state.global_step, unit="step")
 
         def on_step_end(self, args, state, control, **kwargs):
             self.bar.update(self.task, completed=state.global_step)
@@ -292,8 +256,8 @@ def _first_last(history: list[dict[str, Any]], key: str) -> tuple[float | None, 
 
 def _model_card(start: str, config: RLConfig, summary: dict[str, Any]) -> str:
     how = {
-        "rloo": "RLOO against the run's preference model",
-        "grpo": "GRPO against the run's preference model",
+        "rloo": "RLOO against the preference model",
+        "grpo": "GRPO against the preference model",
         "dpo": "DPO on the AI-labelled pairs",
     }[config.algo]
     figures = "\n".join(f"- {key}: {value}" for key, value in summary.items() if key != "model_dir")
@@ -304,25 +268,36 @@ def _model_card(start: str, config: RLConfig, summary: dict[str, Any]) -> str:
     )
 
 
-def train(store: RunStore, base_model: str, config: RLConfig, seed: int) -> dict[str, Any]:
-    """Train the policy with `config.algo` and save it merged to `run_dir/rl_model`.
+def train(
+    start: str,
+    config: RLConfig,
+    seed: int,
+    outputs: TrainingOutputs,
+    *,
+    reward_model_dir: Path | None = None,
+    comparisons: list[ComparisonRecord] | None = None,
+) -> dict[str, Any]:
+    """Train the policy `start` (a folder, Hugging Face id or embedded name) with `config.algo`; save it merged to
+    `outputs.model_dir`, resuming from the last checkpoint in `outputs.checkpoint_dir`.
 
-    Returns a summary: algo, start model, steps, mean reward first/last (RLOO/GRPO) or DPO loss and
-    preference accuracy first/last, and the model folder.
+    RLOO and GRPO need `reward_model_dir` (a preference model); DPO needs `comparisons` (the labelled pairs).
+    Returns a summary: algo, start model, steps, mean reward first/last (RLOO/GRPO) or DPO loss and preference
+    accuracy first/last, the model folder and the step training resumed from (None when fresh).
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+    from transformers import PrinterCallback
 
-    start = policy_path(store, base_model, config.start_from)
-    tokenizer = AutoTokenizer.from_pretrained(start, padding_side="left")
+    from constitutional.models.embedded import resolve
+
+    path = resolve(start)
+    tokenizer = load_tokenizer(path, padding_side="left")
     chat = bool(tokenizer.chat_template)
-    model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32, use_safetensors=True)
-    make = _dpo_trainer if config.algo == "dpo" else _online_trainer
-    trainer, notes = make(store, config, model, tokenizer, chat, seed)
-    # The house progress bar replaces transformers' per-step log dicts printed to stdout.
+    if config.algo == "dpo":
+        trainer, notes = _dpo_trainer(config, path, tokenizer, chat, seed, outputs, comparisons)
+    else:
+        trainer, notes = _online_trainer(config, path, tokenizer, chat, seed, outputs, reward_model_dir)
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(_progress_callback(config.max_steps))
-    trainer.train()
+    trainer.add_callback(_progress_callback())
+    resumed_from = run_training(trainer, outputs)
     history = trainer.state.log_history
     summary: dict[str, Any] = {"algo": config.algo, "start": start, "steps": trainer.state.global_step, **notes}
     if config.algo == "dpo":
@@ -330,17 +305,9 @@ def train(store: RunStore, base_model: str, config: RLConfig, seed: int) -> dict
         summary["first_accuracy"], summary["last_accuracy"] = _first_last(history, "rewards/accuracies")
     else:
         summary["first_reward"], summary["last_reward"] = _first_last(history, "reward")
-    output = store.dir / MODEL_DIR
-    summary["model_dir"] = str(output)
-    _save(trainer.model, tokenizer, output, config.lora)
-    (output / "README.md").write_text(_model_card(start, config, summary))
-    (output / "training_log.json").write_text(json.dumps(history, indent=2))
+    summary["resumed_from_step"] = resumed_from
+    card = _model_card(start, config, summary)
+    summary["model_dir"] = str(
+        save_trained(trainer.model, tokenizer, outputs, lora=config.lora, card=card, log_history=history)
+    )
     return summary
-
-
-def _save(model, tokenizer, output: Path, lora: bool) -> None:
-    if lora:
-        model.save_pretrained(output / "adapter")
-        model = model.merge_and_unload()
-    model.save_pretrained(output)
-    tokenizer.save_pretrained(output)

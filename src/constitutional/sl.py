@@ -18,9 +18,7 @@ from constitutional.progress import progress_bar
 from constitutional.prompts import critique_prompt, demonstration_turns, revision_prompt
 from constitutional.records import PromptRecord, RevisionStep, SLRecord
 from constitutional.sources import load_prompts
-from constitutional.store import RunStore
-
-STAGE = "sl_generate"
+from constitutional.store import StageFolder
 
 
 class SLConfig(BaseModel):
@@ -138,10 +136,9 @@ def _calls_per_prompt(config: SLConfig) -> int:
 
 
 def generate(
-    store: RunStore, policy: LanguageModel, constitution: Constitution, config: SLConfig, seed: int
+    stage: StageFolder, policy: LanguageModel, constitution: Constitution, config: SLConfig, seed: int
 ) -> dict[str, int]:
-    """The SL generation stage: resumable, writing a chunk of records at a time. Returns its counts."""
-    stage = store.stage(STAGE)
+    """The SL generation stage: resumable, writing a chunk of records at a time to `stage`. Returns its counts."""
     constitution = constitution.restricted_to(config.num_principles, random.Random(seed))
     done = stage.done_ids(SLRecord)
     records_out, rejected_out = stage.writers()

@@ -99,11 +99,16 @@ def _rows(path: Path, column: str) -> list[tuple[int, dict[str, Any]]]:
     return [(n, {column: line}) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
+def source_path(source: str) -> Path:
+    """Where a prompt source lives: the packaged file of `builtin:NAME`, else the path as given."""
+    return _builtin_path(source.removeprefix("builtin:")) if source.startswith("builtin:") else Path(source)
+
+
 def load_prompts(
     source: str, column: str = "prompt", max_chars: int = 2000
 ) -> tuple[list[PromptRecord], list[RejectedRecord]]:
     """Read prompts from `source` (a path or `builtin:NAME`)."""
-    path = _builtin_path(source.removeprefix("builtin:")) if source.startswith("builtin:") else Path(source)
+    path = source_path(source)
     if not path.exists():
         raise InputError(
             "prompt file not found",

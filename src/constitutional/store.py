@@ -1,4 +1,4 @@
-"""A run directory: append-only JSONL shards per stage, a manifest, resume, export to Hugging Face datasets.
+"""Writing a run directory: append-only JSONL shards per stage, the manifest, the writer's lock.
 
 Layout::
 
@@ -8,6 +8,7 @@ Layout::
 
 Every process that writes a stage opens fresh shards, so a kill can at worst leave a torn last line in a
 shard nobody appends to again; readers skip such a line and the ids it held are simply redone on resume.
+Reading goes through `runview.RunView`; only the pipeline writes the manifest, through `RunStore`.
 """
 
 from __future__ import annotations
@@ -16,17 +17,19 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from filelock import FileLock, Timeout
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from constitutional import __version__
 from constitutional.errors import InputError
-from constitutional.records import SCHEMA_VERSION, RejectedRecord
+from constitutional.records import RejectedRecord
+from constitutional.runview import MANIFEST, Manifest, StageStatus, read_manifest, read_shards, shard_paths
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -45,12 +48,6 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return found
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class ShardWriter:
@@ -75,46 +72,17 @@ class ShardWriter:
             self._file.close()
 
 
-def read_shards(paths: Iterable[Path], model: type[R]) -> Iterator[R]:
-    """Records from shards in order, first occurrence of each id only; a torn final line is skipped."""
-    seen: set[str] = set()
-    for path in paths:
-        lines = path.read_text(encoding="utf-8").split("\n")
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = model.model_validate_json(line)
-            except ValidationError as err:
-                if number == len(lines):
-                    break  # torn by a kill mid-write: the id will be redone
-                raise InputError(
-                    f"not a valid {model.__name__}: {err.errors()[0]['msg']}",
-                    path=path,
-                    line=number,
-                    field=".".join(str(p) for p in err.errors()[0]["loc"]) or None,
-                    hint="this shard is corrupt; delete the line (its id will be redone) and rerun",
-                ) from None
-            if record.id not in seen:
-                seen.add(record.id)
-                yield record
+class StageFolder:
+    """One stage's record folder: what is done, and fresh writers for what comes next. Knows no manifest."""
 
-
-class Stage:
-    """One stage's folder in a run: what is done, and writers for what comes next."""
-
-    def __init__(self, run: RunStore, name: str):
-        self.run, self.name = run, name
-        self.dir = run.dir / name
-
-    def _shards(self, prefix: str) -> list[Path]:
-        return sorted(self.dir.glob(f"{prefix}-*.jsonl"))
+    def __init__(self, folder: Path):
+        self.dir = folder
 
     def records(self, model: type[R]) -> list[R]:
-        return list(read_shards(self._shards("part"), model))
+        return list(read_shards(shard_paths(self.dir, "part"), model))
 
     def rejected(self) -> list[RejectedRecord]:
-        return list(read_shards(self._shards("rejected"), RejectedRecord))
+        return list(read_shards(shard_paths(self.dir, "rejected"), RejectedRecord))
 
     def done_ids(self, model: type[BaseModel]) -> set[str]:
         return {r.id for r in self.records(model)} | {r.id for r in self.rejected()}
@@ -122,49 +90,29 @@ class Stage:
     def writers(self) -> tuple[ShardWriter, ShardWriter]:
         """Fresh shards for this process: (records, rejected)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        number = len(self._shards("part")) + len(self._shards("rejected"))
+        number = len(shard_paths(self.dir, "part")) + len(shard_paths(self.dir, "rejected"))
         stamp = f"{number:05d}-{os.getpid()}"
         return ShardWriter(self.dir / f"part-{stamp}.jsonl"), ShardWriter(self.dir / f"rejected-{stamp}.jsonl")
 
-    @property
-    def status(self) -> dict[str, Any]:
-        return self.run.manifest()["stages"].get(self.name, {})
 
-    def is_complete(self, config: dict[str, Any]) -> bool:
-        status = self.status
-        return status.get("status") == "complete" and status.get("config_hash") == config_hash(config)
-
-    def start(self, config: dict[str, Any]) -> None:
-        previous = self.status
-        if previous.get("config_hash") not in (None, config_hash(config)):
-            raise InputError(
-                f"stage '{self.name}' in {self.run.dir} was run with a different config",
-                hint="use a new run directory, or pass --force to redo the stage from scratch",
-            )
-        self.run.update_stage(
-            self.name,
-            status="running",
-            config=config,
-            config_hash=config_hash(config),
-            started=previous.get("started", time.time()),
+def _refuse_foreign(run_dir: Path) -> None:
+    """A run directory is new, empty, or has a manifest: never write into a file or someone else's folder."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError("exists and is not a directory", path=run_dir, hint="choose another --run-dir")
+    if run_dir.is_dir() and not (run_dir / MANIFEST).exists() and any(run_dir.iterdir()):
+        raise InputError(
+            f"holds files but no {MANIFEST}: it is not a run directory",
+            path=run_dir,
+            hint="choose a new or empty --run-dir; runs are never written into other folders",
         )
-
-    def reset(self) -> None:
-        """Forget the stage's outputs (for --force)."""
-        for path in [*self._shards("part"), *self._shards("rejected")]:
-            path.unlink()
-        self.run.manifest_data["stages"].pop(self.name, None)
-        self.run.save_manifest()
-
-    def finish(self, **summary: Any) -> None:
-        self.run.update_stage(self.name, status="complete", finished=time.time(), summary=summary)
 
 
 class RunStore:
-    """A run directory shared by all stages of a recipe. Holds a lock while a process writes to it."""
+    """The writer of a run directory: the manifest and each stage's folder. Holds a lock while open."""
 
     def __init__(self, run_dir: str | Path, seed: int = 0):
         self.dir = Path(run_dir)
+        _refuse_foreign(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = FileLock(str(self.dir / ".lock"))
         try:
@@ -175,18 +123,12 @@ class RunStore:
                 path=self.dir,
                 hint="wait for it to finish, or use a different --run-dir",
             ) from None
-        self.manifest_path = self.dir / "manifest.json"
+        self.manifest_path = self.dir / MANIFEST
         if self.manifest_path.exists():
-            self.manifest_data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+            self.manifest = read_manifest(self.manifest_path)
         else:
-            self.manifest_data = {
-                "schema_version": SCHEMA_VERSION,
-                "created": time.time(),
-                "seed": seed,
-                "versions": _versions(),
-                "stages": {},
-            }
-            self.save_manifest()
+            self.manifest = Manifest(created=time.time(), seed=seed, versions=_versions())
+            self._save()
 
     def close(self) -> None:
         self._lock.release()
@@ -197,19 +139,44 @@ class RunStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def manifest(self) -> dict[str, Any]:
-        return self.manifest_data
+    def _save(self) -> None:
+        tmp = self.manifest_path.with_suffix(".json.tmp")
+        tmp.write_text(self.manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.manifest_path)
 
-    def save_manifest(self) -> None:
-        _write_json_atomic(self.manifest_path, self.manifest_data)
+    def status(self, name: str) -> StageStatus | None:
+        return self.manifest.stages.get(name)
 
-    def update_stage(self, name: str, **fields: Any) -> None:
-        self.manifest_data["stages"].setdefault(name, {}).update(fields)
-        self.manifest_data["versions"] = _versions()
-        self.save_manifest()
+    def folder(self, relative: str) -> StageFolder:
+        return StageFolder(self.dir / relative)
 
-    def stage(self, name: str) -> Stage:
-        return Stage(self, name)
+    def start(self, name: str, fingerprint: dict[str, Any]) -> None:
+        previous = self.status(name)
+        self.manifest.stages[name] = StageStatus(
+            status="running",
+            fingerprint=fingerprint,
+            config_hash=config_hash(fingerprint),
+            started=previous.started if previous else time.time(),
+        )
+        self.manifest.versions = _versions()
+        self._save()
+
+    def finish(self, name: str, summary: dict[str, Any], seconds: float) -> None:
+        status = self.manifest.stages[name]
+        status.status, status.finished, status.seconds = "complete", time.time(), round(seconds, 1)
+        status.summary = json.loads(json.dumps(summary, default=str))
+        self._save()
+
+    def reset(self, name: str, owned: list[str]) -> None:
+        """Remove everything the stage owns, then its manifest entry: nothing of an old result survives a redo."""
+        for relative in owned:
+            path = self.dir / relative
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        self.manifest.stages.pop(name, None)
+        self._save()
 
 
 def to_dataset(rows: list[dict[str, Any]]):

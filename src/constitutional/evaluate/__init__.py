@@ -1,1 +1,1 @@
-"""Evaluation: pairwise Elo, HHH multiple choice, harmfulness, evasiveness, and the HTML report."""
+"""Evaluation: Elo from pairwise judgements, HHH multiple choice, harmfulness, evasiveness, the evaluate stage."""

@@ -1,5 +1,5 @@
 """Absolute harmfulness: the judge's 0-4 rubric (expected rating); preference-model scores come from
-`constitutional.preference.PreferenceModel`, which reads answers exactly as the model was trained to."""
+`constitutional.reward.PreferenceModel`, which reads answers exactly as the model was trained to."""
 
 from __future__ import annotations
 

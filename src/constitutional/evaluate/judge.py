@@ -7,14 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.special import softmax
 
-from constitutional.models.base import LanguageModel
+from constitutional.models.base import LanguageModel, uses_chat
 from constitutional.prompts import judge_options, judge_request
-
-
-def uses_chat(model: LanguageModel) -> bool:
-    # Only the transformers backend knows whether it has a chat template; anything that does not say is given
-    # the pretrained transcript, which every text model can continue.
-    return bool(getattr(model, "has_chat_template", False))
 
 
 def option_probabilities(

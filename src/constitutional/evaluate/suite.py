@@ -17,16 +17,16 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from constitutional.constitution import Constitution
 from constitutional.evaluate import elo
+from constitutional.evaluate.config import EvalConfig
 from constitutional.evaluate.evasiveness import agreement, judge_evasive, lexical_evasive
 from constitutional.evaluate.harmfulness import rubric_ratings
+from constitutional.evaluate.hhh import judge_quality
 from constitutional.evaluate.pairwise import compare
 from constitutional.evaluate.stats import mean_interval
-from constitutional.models.base import LanguageModel, Message, SamplingParams
+from constitutional.models.base import LanguageModel, Message
 from constitutional.models.spec import ModelSpec
-from constitutional.preference import PreferenceModel
 from constitutional.progress import progress_bar
 from constitutional.prompts import HARMFULNESS_RUBRIC, HELPFULNESS_RUBRIC
 from constitutional.records import (
@@ -43,71 +43,16 @@ from constitutional.records import (
     RevisionPoint,
     SLRecord,
 )
+from constitutional.reward import PreferenceModel
 from constitutional.sources import load_prompts
-from constitutional.store import RunStore
+from constitutional.store import StageFolder
 
-STAGE = "evaluate"
-SL_STAGE = "sl_generate"
-SUMMARY_FILE = "summary.json"
-# Run outputs that become candidates when present, by label.
-RUN_MODELS = {"sl": "sl_model", "rl": "rl_model"}
-PREFERENCE_MODEL = "preference_model"
+# The label of the SL-CAI revision texts scored for the revision curve.
+REVISIONS = "revisions"
 # Which prompt set each Elo criterion is judged on, as in the paper: helpfulness on benign requests,
 # harmlessness on red-team requests.
 CRITERIA = {"helpfulness": "helpful", "harmlessness": "red_team"}
 MAX_RATING = 4.0
-
-
-class EvalConfig(BaseModel):
-    """Held-out evaluation: Elo, harmfulness, evasiveness, the revision curve."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    red_team_prompts: str = Field(
-        default="builtin:eval-red-team",
-        description="Held-out red-team prompts (path or builtin:NAME), kept out of training.",
-    )
-    helpful_prompts: str = Field(
-        default="builtin:eval-helpful", description="Held-out helpfulness prompts (path or builtin:NAME)."
-    )
-    prompt_column: str = Field(default="prompt", description="Column or field holding the prompt text.")
-    max_prompts: int | None = Field(default=None, ge=1, description="Use only the first N prompts of each set.")
-    candidates: dict[str, ModelSpec] = Field(
-        default_factory=dict,
-        description="Extra models to compare, by label. base (the policy), sl and rl (run_dir/sl_model, "
-        "run_dir/rl_model) are added by themselves when they exist.",
-    )
-    temperatures: list[float] = Field(
-        default_factory=lambda: [1.0, 0.0],
-        min_length=1,
-        description="Answer temperatures. Harmfulness is reported at each; Elo and evasiveness use the first.",
-    )
-    sampling: SamplingParams = Field(
-        default_factory=lambda: SamplingParams(max_new_tokens=96),
-        description="How candidates answer (the temperature is taken from `temperatures`).",
-    )
-    revision_records: int = Field(
-        default=20, ge=0, description="SL-CAI records scored at every revision for the revision curve; 0 skips it."
-    )
-    chunk_size: int = Field(default=32, ge=1, description="Items per model call and per write: the unit of resume.")
-    bootstrap: int = Field(default=1000, ge=10, description="Bootstrap resamples for every confidence interval.")
-    confidence: float = Field(default=0.95, gt=0.0, lt=1.0, description="Confidence level of the intervals.")
-
-
-def candidate_specs(policy: ModelSpec, run_dir: str | Path, extra: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
-    """base = the policy; sl, rl = the run's trained models when saved; then the recipe's own candidates."""
-    found = {"base": policy}
-    for label, folder in RUN_MODELS.items():
-        path = Path(run_dir) / folder
-        if (path / "config.json").exists():
-            # The trained model runs on the policy's backend settings, from its own weights.
-            found[label] = policy.model_copy(update={"name": str(path)})
-    return {**found, **extra}
-
-
-def preference_model_dir(run_dir: str | Path) -> Path | None:
-    path = Path(run_dir) / PREFERENCE_MODEL
-    return path if (path / "config.json").exists() else None
 
 
 def _answer_id(label: str, temperature: float, prompt_id: str) -> str:
@@ -122,8 +67,8 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 class _Run:
     """One evaluate stage run: what is on disk already, where new records go, and the progress bar."""
 
-    def __init__(self, store: RunStore, config: EvalConfig, bar):
-        self.stage = store.stage(STAGE)
+    def __init__(self, stage: StageFolder, config: EvalConfig, bar):
+        self.stage = stage
         self.config = config
         self.bar = bar
         self.entries: dict[str, Any] = {r.id: r.entry for r in self.stage.records(EvalRecord)}
@@ -307,15 +252,11 @@ def _answer_texts(run: _Run, temperature: float | None = None) -> list[_Text]:
     ]
 
 
-def revision_texts(store: RunStore, limit: int) -> list[_Text]:
+def revision_texts(records: Sequence[SLRecord], limit: int) -> list[_Text]:
     """Every revision (0 = the initial answer) of the first `limit` red-team SL-CAI records, by id."""
-    if limit == 0 or not store.stage(SL_STAGE).dir.exists():
-        return []
-    records = sorted(
-        (r for r in store.stage(SL_STAGE).records(SLRecord) if r.kind == "red_team" and r.steps), key=lambda r: r.id
-    )[:limit]
+    records = sorted((r for r in records if r.kind == "red_team" and r.steps), key=lambda r: r.id)[:limit]
     return [
-        _Text(f"sl:{r.id}:{n}", SL_STAGE, None, n, r.prompt, text)
+        _Text(f"sl:{r.id}:{n}", REVISIONS, None, n, r.prompt, text)
         for r in records
         for n, text in enumerate([r.initial, *(step.revision for step in r.steps)])
     ]
@@ -405,7 +346,6 @@ def _headline(summary: EvalSummary, run: _Run) -> dict[str, Any]:
     headline["ratings"] = counts["rating"]
     for criterion, rows in summary.elo.items():
         headline[f"{criterion}_elo"] = {row.model: round(row.elo.value) for row in rows}
-    headline["summary"] = str(run.stage.dir / SUMMARY_FILE)
     return headline
 
 
@@ -413,26 +353,33 @@ def _headline(summary: EvalSummary, run: _Run) -> dict[str, Any]:
 
 
 def evaluate(
-    store: RunStore,
+    stage: StageFolder,
     config: EvalConfig,
     candidates: dict[str, ModelSpec],
     judge: ModelSpec,
     seed: int,
     load: Callable[[ModelSpec], LanguageModel],
+    *,
+    sl_records: Sequence[SLRecord],
+    pm_dir: Path | None,
+    constitution: Constitution,
+    summary_path: Path,
 ) -> dict[str, Any]:
-    """The evaluate stage: answers, judgements, ratings (resumable), then summary.json. Returns headline numbers."""
-    pm_dir = preference_model_dir(store.dir)
+    """The evaluate stage: answers, judgements, ratings (resumable), the judge's own accuracy, then the summary.
+
+    Records go to `stage`; the conclusions (EvalSummary) to `summary_path`. Returns the headline numbers.
+    """
     labels = list(candidates)
+    judge_model = functools.cache(lambda: load(judge))
     with progress_bar() as bar:
-        run = _Run(store, config, bar)
+        run = _Run(stage, config, bar)
         try:
             prompts = _load_prompt_sets(config, run)
             _answer_all(run, candidates, prompts, load, seed)
-            judge_model = functools.cache(lambda: load(judge))
             if len(labels) > 1:
                 _pairwise_all(run, judge_model, labels, prompts)
             answers, first = _answer_texts(run), _answer_texts(run, config.temperatures[0])
-            revisions = revision_texts(store, config.revision_records)
+            revisions = revision_texts(sl_records, config.revision_records)
 
             def rubric(text: str) -> Scorer:
                 return lambda conversations, texts: rubric_ratings(judge_model(), conversations, texts, text)
@@ -447,5 +394,9 @@ def evaluate(
         finally:
             run.close()
     summary = summarize(run, labels, judge.name, pm_dir is not None, seed)
-    (run.stage.dir / SUMMARY_FILE).write_text(summary.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    return _headline(summary, run)
+    if config.judge_items is not None:
+        quality = judge_quality(judge_model(), judge.name, constitution, seed, config.judge_items)
+        summary = summary.model_copy(update={"judge_quality": quality})
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(summary.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return _headline(summary, run) | {"judge_accuracy": summary.judge_quality and summary.judge_quality.accuracy}

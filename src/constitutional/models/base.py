@@ -67,3 +67,10 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
         if index != -1:
             cut = min(cut, index)
     return text[:cut].strip()
+
+
+def uses_chat(model: LanguageModel) -> bool:
+    """Whether prompts for this model are chat messages. Only the transformers backend knows its chat template;
+    anything that does not say gets the pretrained transcript, which every text model can continue (and which
+    the OpenAI backend's completions endpoint scores as it is)."""
+    return bool(getattr(model, "has_chat_template", False))

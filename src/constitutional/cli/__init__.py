@@ -1,0 +1,35 @@
+"""`cai`: the command line. Thin: parse, call the library, print. Stage commands come from the stage definitions."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from constitutional.cli import tools
+from constitutional.cli.stage_commands import add_pipeline_commands, add_stage_commands
+
+app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="Constitutional AI on your own models.")
+groups = {
+    "sl": typer.Typer(no_args_is_help=True, help="SL-CAI: critique -> revision, then SFT on the revisions."),
+    "rl": typer.Typer(no_args_is_help=True, help="RL-CAI: sample answer pairs, label them with AI feedback, RL."),
+    "pm": typer.Typer(no_args_is_help=True, help="The preference model: train on soft labels, score answers."),
+    "eval": typer.Typer(no_args_is_help=True, help="Evaluate: multiple-choice accuracy and calibration, Elo."),
+}
+add_stage_commands(groups)
+groups["sl"].command("export")(tools.sl_export)
+groups["eval"].command("mc")(tools.eval_mc)
+groups["pm"].command("score")(tools.pm_score)
+for name, group in groups.items():
+    app.add_typer(group, name=name)
+app.add_typer(tools.constitution_app, name="constitution")
+app.add_typer(tools.models_app, name="models")
+add_pipeline_commands(app)
+
+
+def main() -> None:
+    app(prog_name="cai")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,8 @@
+"""The stage definitions: one per stage, in pipeline order (see `definitions`), and what a definition is."""
+
+from constitutional.stages.base import Context, StageDef, local_fingerprint, upstream_hashes
+from constitutional.stages.definitions import EVALUATE, RL_LABEL, STAGES
+
+ORDER = list(STAGES)
+
+__all__ = ["EVALUATE", "ORDER", "RL_LABEL", "STAGES", "Context", "StageDef", "local_fingerprint", "upstream_hashes"]
