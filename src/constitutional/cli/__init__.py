@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import typer
 
 from constitutional.cli import tools
+from constitutional.cli.collective import ccai_app
 from constitutional.cli.stage_commands import add_pipeline_commands, add_stage_commands
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="Constitutional AI on your own models.")
@@ -24,12 +23,9 @@ for name, group in groups.items():
     app.add_typer(group, name=name)
 app.add_typer(tools.constitution_app, name="constitution")
 app.add_typer(tools.models_app, name="models")
+app.add_typer(ccai_app, name="ccai")
 add_pipeline_commands(app)
 
 
 def main() -> None:
     app(prog_name="cai")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

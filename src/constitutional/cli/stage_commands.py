@@ -46,7 +46,7 @@ def print_evaluation(summary_path: Path) -> None:
     summary = EvalSummary.model_validate_json(summary_path.read_text(encoding="utf-8"))
     quality = summary.judge_quality
     if quality is not None:
-        verdict = "AT CHANCE: the judged figures below are noise" if quality.at_chance else "above chance"
+        verdict = "NOT ABOVE CHANCE: the judged figures below are noise" if quality.at_chance else "above chance"
         out.print(
             f"judge {quality.judge} on {quality.items}: accuracy {quality.accuracy:.3f} "
             f"[{quality.accuracy_low:.3f}, {quality.accuracy_high:.3f}], ECE {quality.ece:.3f} — {verdict}"

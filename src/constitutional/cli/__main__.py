@@ -1,0 +1,5 @@
+"""`python -m constitutional.cli` runs `cai`."""
+
+from constitutional.cli import main
+
+main()
