@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from constitutional.cli.common import friendly_errors, out
+from constitutional.cli.common import friendly_errors, out, print_outcomes
 
 ccai_app = typer.Typer(no_args_is_help=True, help="Collective Constitutional AI: a constitution from public votes.")
 
@@ -44,5 +44,27 @@ def build(
     result = collective.build(source, output, config=config, writer=drafter, report=report)
     table = Table("figure", "value", title=f"collective constitution from {source}")
     for key, value in result.summary().items():
+        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    out.print(table)
+
+
+@ccai_app.command("compare")
+@friendly_errors
+def compare(
+    spec: Annotated[Path, typer.Argument(help="A comparison spec YAML (see recipes/collective.yaml).")],
+    export: Annotated[Path | None, typer.Option(help="Export folder (replaces the spec's).")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Where it all goes (replaces the spec's).")] = None,
+) -> None:
+    """Train with the collective constitution and with a built-in one, then set the two side by side: Elo per
+    criterion, and both models' adherence to both constitutions as the judge sees it. Reruns skip finished work.
+    Example: `cai ccai compare recipes/collective.yaml --export ../shared/polis/brexit-consensus`
+    """
+    from constitutional import compare as comparison
+
+    result = comparison.run(comparison.load_spec(spec, export=export, run_dir=run_dir))
+    for side, outcomes in result.outcomes.items():
+        print_outcomes(result.summary.runs[side].run_dir, outcomes)
+    table = Table("figure", "value", title="collective vs built-in constitution")
+    for key, value in result.headline().items():
         table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
     out.print(table)
