@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 
 import pytest
 
@@ -27,12 +28,16 @@ def sigmoid(x: float) -> float:
 
 
 def last_options(prompt) -> tuple[str, str, str]:
-    """(question, option A, option B) of the last multiple-choice question in a raw or chat prompt."""
+    """(question, option A, option B) of the last multiple-choice question in a raw or chat prompt.
+
+    The options sit inside the question's fence; the principle's question follows the closing fence line.
+    """
     text = prompt if isinstance(prompt, str) else "\n\n".join(m["content"] for m in prompt)
-    head, _, tail = text.rpartition("\n\nOptions:\n(A) ")
-    question = head.rpartition("\n\n")[2]
-    a, _, rest = tail.partition("\n(B) ")
-    return question, a, rest.split("\n\n")[0]
+    tail = text.rpartition("\n\nOptions:\n(A) ")[2]
+    fence_line = re.search(r"\n(----- [0-9a-f]+ -----)\n\n", tail)
+    options, after = tail[: fence_line.start()], tail[fence_line.end() :]
+    a, _, b = options.partition("\n(B) ")
+    return after.split("\n\n")[0], a, b
 
 
 class ScriptedJudge:

@@ -66,6 +66,30 @@ def absolute_position_model(tiny_model_path, tmp_path_factory) -> TransformersMo
     return load_model(ModelSpec(name=str(directory), dtype="float32", device="cpu", batch_size=3))
 
 
+def build_short_context_model(tokenizer_path, directory, positions: int) -> TransformersModel:
+    """A tiny GPT-2 that reads at most `positions` tokens (learned positions: one more and it fails)."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=positions, n_embd=16, n_layer=1, n_head=2,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return load_model(ModelSpec(name=str(directory), dtype="float32", device="cpu", batch_size=4))
+
+
+def test_context_window_and_prompt_tokens(tiny_model_path, chat_model, tmp_path):
+    short = build_short_context_model(tiny_model_path, tmp_path, positions=48)
+    assert short.context_window == 48 and chat_model.context_window == 4096
+    prompts = ["Paris", CHAT, [*CHAT, {"role": "assistant", "content": "Mix flour, water, salt and yeast."}]]
+    counts = short.prompt_tokens(prompts)
+    assert counts == [len(short.render(p)) for p in prompts] and counts[0] < counts[1] < counts[2]
+    assert short.prompt_tokens([]) == []
+
+
 @pytest.fixture(scope="module")
 def unbatched(chat_model) -> list[str]:
     return [chat_model.generate([prompt], GREEDY)[0] for prompt in PROMPTS]

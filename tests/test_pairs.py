@@ -97,6 +97,34 @@ def test_stage_writes_both_kinds_and_keeps_refused_prompts(tmp_path):
     assert records[0].params["temperature"] == 1.0
 
 
+def test_prompts_that_leave_no_room_for_an_answer_in_the_context_window_are_rejected(tmp_path, tiny_model_path):
+    from test_hf_backend import build_short_context_model
+
+    policy = build_short_context_model(tiny_model_path, tmp_path / "model", positions=64)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(
+        json.dumps({"id": "short", "prompt": "bake bread"})
+        + "\n"
+        + json.dumps({"id": "long", "prompt": "bread " * 30})
+        + "\n"
+    )
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=16, stop=[], seed=0)
+    counts = policy.prompt_tokens(
+        [[{"role": "user", "content": "bake bread"}], [{"role": "user", "content": "bread " * 30}]]
+    )
+    assert counts[0] + 16 <= 64 < counts[1] + 16  # the premise: one fits with its answer, the other does not
+    config = PairsConfig(red_team_prompts=str(prompts), helpful_prompts=None, sampling=sampling)
+    stage = StageFolder(tmp_path / "run" / "rl_sample")
+    summary = sample(stage, policy, "c@1", config, seed=0)
+    [refused] = stage.rejected()
+    assert [r.id for r in stage.records(PairRecord)] == ["short"] and refused.id == "long"
+    assert f"prompt of {counts[1]} tokens + 16 tokens the stage needs exceeds the context window" in refused.reason
+    assert summary["rejected"] == 1
+    # A rerun skips it as done, without asking again.
+    sample(stage, policy, "c@1", config, seed=0)
+    assert len(stage.rejected()) == 1
+
+
 def test_rerun_after_interruption_samples_only_the_missing_prompts(tmp_path):
     config = PairsConfig(red_team_prompts=_write_prompts(tmp_path / "p.jsonl", 5), helpful_prompts=None, chunk_size=2)
     stage = StageFolder(tmp_path / "run" / "rl_sample")

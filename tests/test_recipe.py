@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,51 @@ def test_string_field_override_keeps_text(value):
     recipe = load_recipe(None, parse_overrides(["--run-dir", value, "--models.policy.name", value], "sl"))
     assert recipe.run_dir == value
     assert recipe.models.policy.name == value
+
+
+def test_a_bad_flag_value_is_blamed_on_the_flag_even_with_a_recipe_file(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("sample:\n  max_prompts: 4\n", encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        load_recipe(path, parse_overrides(["--max-prompts", "two"], "sample"))
+    assert info.value.path is None and info.value.line is None
+    assert info.value.field == "sample.max_prompts"
+    assert "--max-prompts 'two'" in str(info.value)
+
+
+def test_a_bad_recipe_value_is_still_blamed_on_its_line_when_flags_set_other_fields(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("seed: 0\nsample:\n  max_prompts: many\n", encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        load_recipe(path, parse_overrides(["--chunk-size", "4"], "sample"))
+    assert (info.value.path, info.value.line, info.value.field) == (path, 3, "sample.max_prompts")
+
+
+def test_a_flag_value_that_is_not_yaml_names_the_flag():
+    with pytest.raises(InputError, match=re.escape("--sampling.stop '[oops'")):
+        parse_overrides(["--sampling.stop", "[oops"], "sl")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"seed: \xff\n", "not UTF-8"),
+        (b"seed: 1\n\x00", "character #x0000 is not allowed"),
+        (b"seed: 2024-13-45\n", "month must be in 1..12"),
+        (b"seed: " + b"1" * 5000 + b"\n", "Exceeds the limit"),
+        (b"[" * 5000, "nested too deeply"),
+        (b'run_dir: "\\ud800"\n', "unpaired surrogate"),
+    ],
+    ids=["binary", "nul", "impossible-date", "huge-int", "deep", "surrogate"],
+)
+def test_a_recipe_file_python_cannot_hold_is_an_input_error(tmp_path, content, message):
+    path = tmp_path / "recipe.yaml"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=re.escape(message)) as info:
+        load_recipe(path)
+    assert info.value.path == path
+
+
+def test_a_recipe_path_that_is_a_folder(tmp_path):
+    with pytest.raises(InputError, match="is a folder, not a file"):
+        load_recipe(tmp_path)

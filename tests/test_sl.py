@@ -110,6 +110,44 @@ def test_generate_stage_writes_red_team_and_helpful_records_and_skips_bad_prompt
     assert summary == {"records": 4, "rejected": 1}
 
 
+def test_prompts_whose_revision_requests_would_not_fit_the_context_window_are_rejected(tmp_path, tiny_model_path):
+    from test_hf_backend import build_short_context_model
+
+    from constitutional.prompts import revision_prompt
+
+    constitution = load_constitution("harmless")
+    policy = build_short_context_model(tiny_model_path, tmp_path / "model", positions=1024)
+    config = SLConfig(
+        red_team_prompts=str(tmp_path / "red.txt"),
+        helpful_prompts=str(tmp_path / "helpful.txt"),
+        num_revisions=1,
+        num_demonstrations=0,
+        sampling=SamplingParams(max_new_tokens=8, stop=[]),
+    )
+    longest = max(constitution.critique_revision, key=lambda p: len(p.critique) + len(p.revision))
+
+    def tokens(text: str, as_request: bool) -> int:
+        conversation = [{"role": "user", "content": text}]
+        return policy.prompt_tokens(
+            [revision_prompt([], conversation, "", longest, "") if as_request else conversation]
+        )[0]
+
+    # The shortest repetition whose longest revision request leaves no room for the answer, critique and revision.
+    long = next(t for t in ("bake bread " * k for k in range(1, 500)) if tokens(t, True) + 3 * 8 > 1024)
+    assert tokens(long, False) + 8 <= 1024  # as a helpfulness prompt, which only needs room for its answer, it fits
+    (tmp_path / "red.txt").write_text(f"bake bread\n{long}\n")
+    (tmp_path / "helpful.txt").write_text(f"{long} please\n")
+    stage = StageFolder(tmp_path / "run" / "sl_generate")
+    summary = generate(stage, policy, constitution, config.model_copy(update={"max_prompt_chars": 10**5}), seed=0)
+    [refused] = stage.rejected()
+    assert "its longest revision request (longest demonstrations, empty answer and critique) of" in refused.reason
+    assert "+ 24 tokens the stage needs exceeds the context window of" in refused.reason
+    assert refused.reason.endswith("(1024 tokens)") and f"of {tokens(long, True)} tokens" in refused.reason
+    kinds = sorted((r.kind, len(r.prompt[-1]["content"]) > len(long)) for r in stage.records(SLRecord))
+    assert kinds == [("helpful", True), ("red_team", False)]
+    assert summary["rejected"] == 1
+
+
 def test_rerun_after_interruption_generates_only_missing_prompts(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("one\ntwo\nthree\n")

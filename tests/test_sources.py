@@ -55,9 +55,9 @@ def test_jsonl_bad_messages_names_line(tmp_path):
 
 def test_conversation_ending_with_assistant_is_rejected(tmp_path):
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
-    path = write_jsonl(tmp_path / "m.jsonl", [{"id": "x", "messages": messages}])
+    path = write_jsonl(tmp_path / "m.jsonl", [{"id": "x", "messages": messages}, {"id": "y", "prompt": "Hi"}])
     accepted, rejected = load_prompts(str(path))
-    assert accepted == []
+    assert [r.id for r in accepted] == ["y"]
     assert rejected[0].id == "x"
     assert "user message" in rejected[0].reason
 
@@ -215,3 +215,73 @@ def test_source_path_is_the_file_load_prompts_reads(tmp_path):
     from_copy, _ = load_prompts(str(copy))
     assert [(r.id, r.messages) for r in from_builtin] == [(r.id, r.messages) for r in from_copy]
     assert source_path(str(copy)) == copy
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("empty.jsonl", ""),
+        ("blank.txt", "\n  \n\n"),
+        ("header-only.csv", "id,prompt\n"),
+        ("comments.jsonl", "\n\n"),
+    ],
+)
+def test_a_source_without_prompts_is_an_error_not_an_empty_stage(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(InputError, match="no prompt to use") as info:
+        load_prompts(str(path))
+    assert info.value.path == path and "empty" in str(info.value)
+
+
+def test_a_source_whose_every_prompt_is_refused_is_an_error_that_gives_the_first_reason(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "  "}, {"prompt": "x" * 60}])
+    with pytest.raises(InputError, match="all 2 refused") as info:
+        load_prompts(str(path), max_chars=50)
+    assert f"{path}:1: empty prompt" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["p.jsonl", "p.csv", "p.txt"])
+def test_a_binary_file_is_an_input_error_naming_the_line(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"prompt\nfine\n\x89PNG\x00\xff\n")
+    with pytest.raises(InputError, match="not UTF-8") as info:
+        load_prompts(str(path))
+    assert info.value.line == 3
+
+
+def test_a_folder_that_is_not_a_saved_dataset_is_an_input_error(tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "notes.txt").write_text("hello\n")
+    with pytest.raises(InputError, match="not a saved dataset"):
+        load_prompts(str(tmp_path / "folder"))
+
+
+def test_a_byte_order_mark_and_windows_line_ends_are_read_as_text(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"id": "a", "prompt": "Hi"}\r\n{"id": "b", "prompt": "Yo"}\r\n')
+    accepted, _ = load_prompts(str(path))
+    assert [(r.id, r.messages[0]["content"]) for r in accepted] == [("a", "Hi"), ("b", "Yo")]
+
+
+def test_a_json_string_holding_a_line_separator_stays_one_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"id": "a", "prompt": "one\u2028two\x85three"}\n', encoding="utf-8")
+    accepted, _ = load_prompts(str(path))
+    assert accepted[0].messages[0]["content"] == "one\u2028two\x85three"
+
+
+def test_an_unpaired_surrogate_escape_is_refused_not_written(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "fine"}\n{"prompt": "half \\ud800 a pair"}\n', encoding="utf-8")
+    with pytest.raises(InputError, match="surrogate") as info:
+        load_prompts(str(path))
+    assert info.value.line == 2
+
+
+def test_a_quoted_csv_value_keeps_its_line_breaks_and_rows_are_numbered_by_their_first_line(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text('id,prompt\na,"Two\nlines"\nb,"   "\n', encoding="utf-8")
+    accepted, rejected = load_prompts(str(path))
+    assert accepted[0].messages[0]["content"] == "Two\nlines"
+    assert f"{path}:4: empty prompt" in rejected[0].reason

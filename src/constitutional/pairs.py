@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from constitutional.models.base import LanguageModel, SamplingParams
+from constitutional.models.base import LanguageModel, SamplingParams, context_overflows
 from constitutional.progress import progress_bar
 from constitutional.records import PairRecord, PromptRecord, RejectedRecord
 from constitutional.sources import load_prompts
@@ -44,7 +44,12 @@ class PairsConfig(BaseModel):
     )
     prompt_column: str = Field(default="prompt", description="Column or field holding the prompt text.")
     max_prompts: int | None = Field(default=None, ge=1, description="Use only the first N prompts of each set.")
-    max_prompt_chars: int = Field(default=2000, ge=1, description="Longer prompts are skipped with a reason.")
+    max_prompt_chars: int = Field(
+        default=2000,
+        ge=1,
+        description="Longer prompts are skipped with a reason, as are prompts that leave the policy's context window "
+        "no room for sampling.max_new_tokens.",
+    )
     chunk_size: int = Field(default=32, ge=1, description="Prompts per batched call (2x answers); the unit of resume.")
     sampling: SamplingParams = Field(default_factory=_sampling_at_temperature_one)
 
@@ -91,6 +96,20 @@ def sample_pairs(
     return pairs, rejected
 
 
+def fit_context(
+    policy: LanguageModel, prompts: Sequence[PromptRecord], max_new_tokens: int
+) -> tuple[list[PromptRecord], list[RejectedRecord]]:
+    """The prompts the policy can read and still answer at full length, and the others with the reason."""
+    reasons = context_overflows(policy, [p.messages for p in prompts], max_new_tokens)
+    kept = [p for p, reason in zip(prompts, reasons, strict=True) if reason is None]
+    refused = [
+        RejectedRecord(id=p.id, reason=f"{p.source}: {reason}", source=p.source)
+        for p, reason in zip(prompts, reasons, strict=True)
+        if reason is not None
+    ]
+    return kept, refused
+
+
 def _chunk_seed(seed: int, kind: str, first_id: str) -> int:
     """A seed per chunk that does not depend on what a resumed run skipped before it."""
     return seed + zlib.crc32(f"{kind}:{first_id}".encode()) % 1_000_000
@@ -106,7 +125,11 @@ def sample(stage: StageFolder, policy: LanguageModel, constitution: str, config:
             continue
         accepted, refused = load_prompts(source, config.prompt_column, config.max_prompt_chars)
         rejected_out.write(r for r in refused if r.id not in done)
-        work.append((kind, [p for p in accepted[: config.max_prompts] if p.id not in done]))
+        todo, too_long = fit_context(
+            policy, [p for p in accepted[: config.max_prompts] if p.id not in done], config.sampling.max_new_tokens
+        )
+        rejected_out.write(too_long)
+        work.append((kind, todo))
     try:
         with progress_bar() as bar:
             task = bar.add_task("RL-CAI sample pairs", total=sum(len(items) for _, items in work), unit="pair")

@@ -3,11 +3,15 @@
 A stage is complete only when the manifest says so for the same fingerprint. One stopped part-way resumes from
 its records or from its last training checkpoint (as its definition says); one whose fingerprint changed, or that
 keeps no partial state, has everything it owns removed and runs again. Every decision is appended to
-`stages.log` in the run directory. Inputs are validated before the run directory is touched.
+`stages.log` in the run directory. Inputs are validated before the run directory is touched: the recipe, every
+input file each stage reads, the models it loads (as far as can be told without loading them), and its upstream.
+A stage that stops before writing anything leaves the manifest as it found it, and a run directory this call
+created is removed again if no stage did any work in it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -16,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from constitutional.errors import InputError
+from constitutional.models import ModelSpec
 from constitutional.recipe import Recipe
 from constitutional.runview import MANIFEST, RunView
 from constitutional.stages import ORDER, STAGES, Context, StageDef, local_fingerprint, upstream_hashes
-from constitutional.store import RunStore, config_hash
+from constitutional.stages.base import model_key
+from constitutional.store import RunStore, config_hash, remove_if_unused
 
 LOG_FILE = "stages.log"
 
@@ -71,15 +77,29 @@ def run_stage(recipe: Recipe, store: RunStore, stage: StageDef, local: dict[str,
         _log(store, stage.name, f"resuming from {source}")
     else:
         _log(store, stage.name, "starting")
+    previous = store.status(stage.name)
     store.start(stage.name, fingerprint)
     began = time.monotonic()
-    summary = stage.run(recipe, Context(store, stage))
+    try:
+        summary = stage.run(recipe, Context(store, stage))
+    except BaseException as err:
+        _abandon(store, stage, previous, err)
+        raise
     seconds = time.monotonic() - began
     if summary.get("resumed_from_step"):
         _log(store, stage.name, f"resumed from checkpoint step {summary['resumed_from_step']}")
     store.finish(stage.name, summary, seconds)
     _log(store, stage.name, f"complete in {seconds:.1f} s: {summary}")
     return Outcome(stage.name, action, seconds, summary)
+
+
+def _abandon(store: RunStore, stage: StageDef, previous, err: BaseException) -> None:
+    """A stage that failed before writing anything goes back to its old manifest entry (none, or `running`)."""
+    try:
+        if store.abandon(stage.name, previous, stage.owned()):
+            _log(store, stage.name, f"stopped before writing anything ({type(err).__name__}): manifest as before")
+    except OSError:
+        pass  # the directory cannot be written to: the original error says more than this one
 
 
 def _wanted(names: Iterable[str] | None) -> list[StageDef]:
@@ -104,12 +124,57 @@ def _check_upstream(recipe: Recipe, stages: list[StageDef]) -> None:
                 )
 
 
+def _models(recipe: Recipe, stage: StageDef) -> list[tuple[str, ModelSpec]]:
+    """(recipe field, spec) of every model the stage loads: each role its fingerprint names, and the models its
+    own section names (evaluation candidates, a preference model's base)."""
+    config = stage.config(recipe)
+    found = [(f"models.{role}", spec) for role, spec in recipe.models if model_key(spec) in config.values()]
+    section = getattr(recipe, stage.section, None) if stage.section else None
+    for label, spec in (getattr(section, "candidates", None) or {}).items():
+        found.append((f"{stage.section}.candidates.{label}", spec))
+    base = getattr(section, "base_model", None)
+    if isinstance(base, str):
+        found.append((f"{stage.section}.base_model", ModelSpec(name=base)))
+    return found
+
+
+def _check_inputs(recipe: Recipe, stages: list[StageDef]) -> None:
+    """Every input file parses and holds something to work on; every model can be found. Reads, writes nothing."""
+    from constitutional.models import check_model
+    from constitutional.preference import load_preference_file
+    from constitutional.sources import load_prompts
+
+    run_dir = Path(recipe.run_dir).absolute()
+    for stage in stages:
+        section = getattr(recipe, stage.section, None) if stage.section else None
+        for source in stage.inputs(recipe):
+            if source is None:
+                continue
+            if source == getattr(section, "preference_data", None):
+                load_preference_file(source)
+            else:
+                column = getattr(section, "prompt_column", "prompt")
+                load_prompts(source, column, getattr(section, "max_prompt_chars", 2000))
+        for place, spec in _models(recipe, stage):
+            # A model a stage of this run writes is checked when it is loaded.
+            if not Path(spec.name).absolute().is_relative_to(run_dir):
+                check_model(spec, place)
+
+
 def run(recipe: Recipe, names: Iterable[str] | None = None, force: Iterable[str] = ()) -> list[Outcome]:
     """Run the named stages (default: all, in pipeline order) against the recipe's run directory."""
     stages = _wanted(names)
     forced = set(force)
-    # Each stage's config, templates, input files and upstream are checked before anything is written.
+    # Each stage's config, templates, input files, models and upstream are checked before anything is written.
     local = {stage.name: local_fingerprint(recipe, stage) for stage in stages}
+    _check_inputs(recipe, stages)
     _check_upstream(recipe, stages)
-    with RunStore(recipe.run_dir, recipe.seed) as store:
-        return [run_stage(recipe, store, s, local[s.name], s.name in forced) for s in stages]
+    fresh = not Path(recipe.run_dir).exists()
+    try:
+        with RunStore(recipe.run_dir, recipe.seed) as store:
+            return [run_stage(recipe, store, s, local[s.name], s.name in forced) for s in stages]
+    except BaseException:
+        if fresh:
+            with contextlib.suppress(OSError, InputError):
+                remove_if_unused(recipe.run_dir)
+        raise

@@ -75,16 +75,39 @@ def _field_type(model: type[BaseModel], dotted: str) -> Any:
     return current
 
 
-def _parse_value(text: str, annotation: Any) -> Any:
+class Overrides(dict):
+    """Command-line overrides as a nested dict, remembering the flag and text that set each dotted path."""
+
+    def __init__(self):
+        super().__init__()
+        self.flags: dict[str, tuple[str, str]] = {}
+
+    def flag_for(self, loc: tuple) -> tuple[str, str, str] | None:
+        """(dotted path, flag, text) of the override a validation error location falls under, if any."""
+        parts = [str(part) for part in loc]
+        for dotted, (flag, text) in self.flags.items():
+            if parts[: len(dotted.split("."))] == dotted.split("."):
+                return dotted, flag, text
+        return None
+
+
+def _parse_value(flag: str, text: str, annotation: Any) -> Any:
     """YAML for numbers, booleans, lists; text fields keep the text as typed (`--run-dir 2024-01-01`)."""
     if annotation in (str, str | None):
         return None if annotation is not str and text in ("null", "~") else text
-    return yaml.safe_load(text)
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, RecursionError):
+        raise InputError(
+            f"{flag} {text!r}: not a value",
+            field=flag.removeprefix("--"),
+            hint="give a number, true/false, null, or a YAML list such as '[a, b]'",
+        ) from None
 
 
-def parse_overrides(args: list[str], section: str | None) -> dict[str, Any]:
+def parse_overrides(args: list[str], section: str | None) -> Overrides:
     """`--key value` pairs into a nested dict; a bare key is looked up in `section` first."""
-    overrides: dict[str, Any] = {}
+    overrides = Overrides()
     rest = list(args)
     while rest:
         flag = rest.pop(0)
@@ -96,7 +119,9 @@ def parse_overrides(args: list[str], section: str | None) -> dict[str, Any]:
         annotation = _field_type(Recipe, key)
         if annotation is None:
             raise InputError(f"unknown option '{flag}'", field=key, hint="see --help for the fields you can set")
-        _set(overrides, key, _parse_value(rest.pop(0), annotation))
+        text = rest.pop(0)
+        _set(overrides, key, _parse_value(flag, text, annotation))
+        overrides.flags[key] = (flag, text)
     return overrides
 
 
@@ -110,7 +135,10 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Recipe:
-    """A recipe from YAML (or the defaults) with command-line overrides applied; validated."""
+    """A recipe from YAML (or the defaults) with command-line overrides applied; validated.
+
+    A bad value is blamed on where it came from: the flag that set it, else the recipe's file and line.
+    """
     data: dict[str, Any] = {}
     document = None
     if path is not None:
@@ -119,11 +147,18 @@ def load_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None
             raise InputError("a recipe must be a YAML mapping", path=path, line=1)
         data = document.data
     merged = _merge(data, overrides or {})
-    if document is not None:
-        return document.validate(Recipe, merged)
     try:
         return Recipe.model_validate(merged)
     except ValidationError as err:
+        first = err.errors()[0]
+        from_flag = overrides.flag_for(first["loc"]) if isinstance(overrides, Overrides) else None
+        if from_flag is not None:
+            dotted, flag, text = from_flag
+            raise InputError(
+                f"{flag} {text!r}: {first['msg']}", field=dotted, hint="fix this flag's value (see --help)"
+            ) from None
+        if document is not None:
+            raise document.error(err) from None
         raise from_validation(err) from None
 
 

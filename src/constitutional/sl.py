@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from constitutional.constitution import Constitution
-from constitutional.models.base import LanguageModel, SamplingParams
+from constitutional.models.base import LanguageModel, Message, SamplingParams, context_overflows
 from constitutional.progress import progress_bar
 from constitutional.prompts import critique_prompt, demonstration_turns, revision_prompt
-from constitutional.records import PromptRecord, RevisionStep, SLRecord
+from constitutional.records import PromptRecord, RejectedRecord, RevisionStep, SLRecord
 from constitutional.sources import load_prompts
 from constitutional.store import StageFolder
 
@@ -32,7 +32,12 @@ class SLConfig(BaseModel):
     )
     prompt_column: str = Field(default="prompt", description="Column or field holding the prompt text.")
     max_prompts: int | None = Field(default=None, ge=1, description="Use only the first N prompts of each set.")
-    max_prompt_chars: int = Field(default=2000, ge=1, description="Longer prompts are skipped with a reason.")
+    max_prompt_chars: int = Field(
+        default=2000,
+        ge=1,
+        description="Longer prompts are skipped with a reason, as are prompts whose longest critique or revision "
+        "request would not fit the policy's context window.",
+    )
     num_revisions: int = Field(default=4, ge=1, description="Critique -> revision steps per prompt.")
     num_principles: int | None = Field(
         default=None, ge=1, description="Draw from only this many principles (chosen by seed); null for all."
@@ -131,6 +136,45 @@ def answer(
     ]
 
 
+def _longest_step(constitution: Constitution, config: SLConfig, conversation: list[Message]) -> list[Message]:
+    """The longest request a step can build for a conversation, with empty answer and critique: the revision
+    request after the longest demonstrations, under the principle with the longest requests."""
+    principles = {p.id: p for p in constitution.critique_revision}
+    demos = sorted(
+        constitution.demonstrations.critique_revision,
+        key=lambda d: len(d.prompt) + len(d.response) + len(d.critique) + len(d.revision),
+        reverse=True,
+    )[: config.num_demonstrations]
+    principle = max(constitution.critique_revision, key=lambda p: len(p.critique) + len(p.revision))
+    prefix = demonstration_turns(demos, principles, with_critique=config.critique)
+    return revision_prompt(prefix, conversation, "", principle, "" if config.critique else None)
+
+
+def fit_context(
+    policy: LanguageModel, constitution: Constitution, prompts: Sequence[PromptRecord], kind: str, config: SLConfig
+) -> tuple[list[PromptRecord], list[RejectedRecord]]:
+    """The prompts whose every request fits the policy's context window, and the others with the reason.
+
+    A helpfulness prompt needs room for its answer. A red-team prompt's longest request is a revision request: it
+    holds the demonstrations, the answer and the critique (each up to max_new_tokens), and the revision still
+    has to be written after it.
+    """
+    tokens = config.sampling.max_new_tokens
+    if kind == "red_team":
+        requests = [_longest_step(constitution, config, p.messages) for p in prompts]
+        what = "its longest revision request (longest demonstrations, empty answer and critique)"
+        reasons = context_overflows(policy, requests, tokens * (3 if config.critique else 2), what)
+    else:
+        reasons = context_overflows(policy, [p.messages for p in prompts], tokens)
+    kept = [p for p, reason in zip(prompts, reasons, strict=True) if reason is None]
+    refused = [
+        RejectedRecord(id=p.id, reason=f"{p.source}: {reason}", source=p.source)
+        for p, reason in zip(prompts, reasons, strict=True)
+        if reason is not None
+    ]
+    return kept, refused
+
+
 def _calls_per_prompt(config: SLConfig) -> int:
     return 1 + config.num_revisions * (2 if config.critique else 1)
 
@@ -149,7 +193,9 @@ def generate(
         accepted, rejected = load_prompts(source, config.prompt_column, config.max_prompt_chars)
         accepted = accepted[: config.max_prompts]
         rejected_out.write(r for r in rejected if r.id not in done)
-        work.append((kind, [p for p in accepted if p.id not in done]))
+        todo, too_long = fit_context(policy, constitution, [p for p in accepted if p.id not in done], kind, config)
+        rejected_out.write(too_long)
+        work.append((kind, todo))
     total = sum(len(items) * (_calls_per_prompt(config) if kind == "red_team" else 1) for kind, items in work)
     try:
         with progress_bar() as bar:

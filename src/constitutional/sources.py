@@ -1,20 +1,22 @@
 """Prompts in: JSONL, CSV, plain text, a saved Hugging Face dataset, or a built-in demo set.
 
 Every prompt gets a stable id (the one given, else a hash of its content) so reruns and resumes line up.
-Empty and over-long prompts are not errors: they come back as rejected records with the reason.
+Empty and over-long prompts are not errors: they come back as rejected records with the reason. A source with
+no prompt at all, or none that can be used, is an error: a stage would otherwise finish with nothing done.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from constitutional.errors import InputError
-from constitutional.jsonl import read_json_lines
+from constitutional.jsonl import read_json_lines, read_text, text_lines
 from constitutional.records import PromptRecord, RejectedRecord
 
 BUILTIN_PROMPTS = {
@@ -67,25 +69,34 @@ def _messages_from_row(row: dict[str, Any], column: str, path: Path, line: int) 
     return [{"role": "user", "content": row[column]}]
 
 
-def _rows(path: Path, column: str) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, row) pairs from any supported format."""
-    if path.is_dir():
-        from datasets import load_from_disk
+def _dataset_rows(path: Path, column: str) -> list[tuple[int, dict[str, Any]]]:
+    from datasets import load_from_disk
 
+    try:
         dataset = load_from_disk(str(path))
-        if column not in dataset.column_names and "messages" not in dataset.column_names:
-            raise InputError(
-                f"dataset has no '{column}' column (columns: {dataset.column_names})",
-                path=path,
-                field=column,
-                hint="pass --prompt-column NAME",
-            )
-        return [(i + 1, row) for i, row in enumerate(dataset)]
-    if path.suffix == ".jsonl":
-        return read_json_lines(path)
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(
+            f"not a saved dataset ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})",
+            path=path,
+            hint="a folder must be a dataset saved with `Dataset.save_to_disk`; else give a .jsonl, .csv or .txt file",
+        ) from None
+    if not hasattr(dataset, "column_names") or isinstance(dataset.column_names, dict):
+        raise InputError("a dataset with splits: save one split", path=path, hint="e.g. dataset['train'].save_to_disk")
+    if column not in dataset.column_names and "messages" not in dataset.column_names:
+        raise InputError(
+            f"dataset has no '{column}' column (columns: {dataset.column_names})",
+            path=path,
+            field=column,
+            hint="pass --prompt-column NAME",
+        )
+    return [(i + 1, row) for i, row in enumerate(dataset)]
+
+
+def _csv_rows(path: Path, text: str, column: str) -> list[tuple[int, dict[str, Any]]]:
+    # newline="": a quoted value keeps its line breaks, and only \n and \r end a line.
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
+    try:
         if column not in (reader.fieldnames or []):
             raise InputError(
                 f"CSV has no '{column}' column (columns: {reader.fieldnames})",
@@ -94,9 +105,25 @@ def _rows(path: Path, column: str) -> list[tuple[int, dict[str, Any]]]:
                 field=column,
                 hint="pass --prompt-column NAME",
             )
-        # Line numbers count the header as line 1.
-        return [(number, row) for number, row in enumerate(reader, start=2)]
-    return [(n, {column: line}) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+        start = reader.line_num + 1
+        for row in reader:
+            rows.append((start, row))  # a quoted value may span lines: a row is numbered by its first
+            start = reader.line_num + 1
+    except csv.Error as err:
+        raise InputError(f"malformed CSV: {err}", path=path, line=reader.line_num, hint="check the quoting") from None
+    return rows
+
+
+def _rows(path: Path, column: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, row) pairs from any supported format."""
+    if path.is_dir():
+        return _dataset_rows(path, column)
+    if path.suffix == ".jsonl":
+        return read_json_lines(path)
+    text = read_text(path, "a prompt file is .jsonl, .csv or plain text with one prompt per line")
+    if path.suffix == ".csv":
+        return _csv_rows(path, text, column)
+    return [(n, {column: line}) for n, line in enumerate(text_lines(text), start=1) if line.strip()]
 
 
 def source_path(source: str) -> Path:
@@ -142,4 +169,11 @@ def load_prompts(
             rejected.append(RejectedRecord(id=record_id, reason=f"{path}:{line}: {reason}", source=str(path)))
         else:
             accepted.append(PromptRecord(id=record_id, messages=messages, source=source))
+    if not accepted:
+        found = f"all {len(rejected)} refused; the first: {rejected[0].reason}" if rejected else "the file is empty"
+        raise InputError(
+            f"no prompt to use ({found})",
+            path=path,
+            hint="give at least one non-empty prompt, or leave this source out of the recipe (null)",
+        )
     return accepted, rejected

@@ -13,6 +13,8 @@ Reading goes through `runview.RunView`; only the pipeline writes the manifest, t
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -99,6 +101,11 @@ def _refuse_foreign(run_dir: Path) -> None:
     """A run directory is new, empty, or has a manifest: never write into a file or someone else's folder."""
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError("exists and is not a directory", path=run_dir, hint="choose another --run-dir")
+    for parent in run_dir.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{parent} is a file, not a folder", path=run_dir, hint="choose another --run-dir")
+            break
     if run_dir.is_dir() and not (run_dir / MANIFEST).exists() and any(run_dir.iterdir()):
         raise InputError(
             f"holds files but no {MANIFEST}: it is not a run directory",
@@ -107,15 +114,29 @@ def _refuse_foreign(run_dir: Path) -> None:
         )
 
 
+# Errors of a place that cannot be written: the user's to fix (another folder, or its permissions), not a crash.
+NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def not_writable(err: OSError, run_dir: Path) -> InputError:
+    what = "read-only file system" if err.errno == errno.EROFS else "permission denied"
+    return InputError(
+        f"cannot write here: {what} ({err.filename or run_dir})",
+        path=run_dir,
+        hint="choose a --run-dir you can write to, or make this one writable",
+    )
+
+
 class RunStore:
     """The writer of a run directory: the manifest and each stage's folder. Holds a lock while open."""
 
     def __init__(self, run_dir: str | Path, seed: int = 0):
         self.dir = Path(run_dir)
         _refuse_foreign(self.dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock = FileLock(str(self.dir / ".lock"))
+        self.manifest_path = self.dir / MANIFEST
         try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._lock = FileLock(str(self.dir / ".lock"))
             self._lock.acquire(timeout=0)
         except Timeout:
             raise InputError(
@@ -123,12 +144,23 @@ class RunStore:
                 path=self.dir,
                 hint="wait for it to finish, or use a different --run-dir",
             ) from None
-        self.manifest_path = self.dir / MANIFEST
-        if self.manifest_path.exists():
-            self.manifest = read_manifest(self.manifest_path)
-        else:
-            self.manifest = Manifest(created=time.time(), seed=seed, versions=_versions())
-            self._save()
+        except OSError as err:
+            if err.errno in NOT_WRITABLE:
+                raise not_writable(err, self.dir) from None
+            raise
+        try:
+            # A kill during a save can leave the next manifest half-written beside the last good one.
+            self.manifest_path.with_suffix(".json.tmp").unlink(missing_ok=True)
+            if self.manifest_path.exists():
+                self.manifest = read_manifest(self.manifest_path)
+            else:
+                self.manifest = Manifest(created=time.time(), seed=seed, versions=_versions())
+                self._save()
+        except BaseException as err:
+            self._lock.release()
+            if isinstance(err, OSError) and err.errno in NOT_WRITABLE:
+                raise not_writable(err, self.dir) from None
+            raise
 
     def close(self) -> None:
         self._lock.release()
@@ -140,9 +172,18 @@ class RunStore:
         self.close()
 
     def _save(self) -> None:
+        """Write the manifest whole or not at all: a temporary file, flushed to disk, renamed over the old one."""
         tmp = self.manifest_path.with_suffix(".json.tmp")
-        tmp.write_text(self.manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.manifest_path)
+        try:
+            with tmp.open("w", encoding="utf-8") as file:
+                file.write(self.manifest.model_dump_json(indent=2) + "\n")
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, self.manifest_path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
 
     def status(self, name: str) -> StageStatus | None:
         return self.manifest.stages.get(name)
@@ -167,6 +208,29 @@ class RunStore:
         status.summary = json.loads(json.dumps(summary, default=str))
         self._save()
 
+    def wrote_anything(self, owned: list[str]) -> bool:
+        """Whether any file exists under the paths a stage owns."""
+        for relative in owned:
+            path = self.dir / relative
+            if path.is_file() or (path.is_dir() and any(p.is_file() for p in path.rglob("*"))):
+                return True
+        return False
+
+    def abandon(self, name: str, previous: StageStatus | None, owned: list[str]) -> bool:
+        """Undo `start` for a stage that stopped before writing anything: its manifest entry goes back to what it
+        was and the empty folders it made are removed. Returns False, changing nothing, if it wrote something."""
+        if self.wrote_anything(owned):
+            return False
+        for relative in owned:
+            if (self.dir / relative).is_dir():
+                shutil.rmtree(self.dir / relative)
+        if previous is None:
+            self.manifest.stages.pop(name, None)
+        else:
+            self.manifest.stages[name] = previous
+        self._save()
+        return True
+
     def reset(self, name: str, owned: list[str]) -> None:
         """Remove everything the stage owns, then its manifest entry: nothing of an old result survives a redo."""
         for relative in owned:
@@ -177,3 +241,20 @@ class RunStore:
                 path.unlink()
         self.manifest.stages.pop(name, None)
         self._save()
+
+
+# What a run directory holds before any stage has started: removing these loses nothing.
+_BOOKKEEPING = {MANIFEST, ".lock", "stages.log"}
+
+
+def remove_if_unused(run_dir: str | Path) -> bool:
+    """Remove a run directory in which no stage has an entry and which holds nothing but bookkeeping files (the
+    pipeline calls this for a directory it created itself, when it stops before any stage did work)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / MANIFEST).is_file() or read_manifest(run_dir / MANIFEST).stages:
+        return False
+    files = [p for p in run_dir.rglob("*") if not p.is_dir()]
+    if any(p.relative_to(run_dir).as_posix() not in _BOOKKEEPING for p in files):
+        return False
+    shutil.rmtree(run_dir)
+    return True

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from constitutional.cli import tools
+from constitutional.cli import common, tools
 from constitutional.cli.collective import ccai_app
 from constitutional.cli.stage_commands import add_pipeline_commands, add_stage_commands
 
@@ -15,6 +17,18 @@ groups = {
     "pm": typer.Typer(no_args_is_help=True, help="The preference model: train on soft labels, score answers."),
     "eval": typer.Typer(no_args_is_help=True, help="Evaluate: multiple-choice accuracy and calibration, Elo."),
 }
+
+
+@app.callback()
+def options(
+    debug: Annotated[
+        bool, typer.Option("--debug", envvar="CAI_DEBUG", help="Keep tracebacks instead of one-line errors.")
+    ] = False,
+) -> None:
+    """Constitutional AI on your own models."""
+    common.DEBUG = debug
+
+
 add_stage_commands(groups)
 groups["sl"].command("export")(tools.sl_export)
 groups["eval"].command("mc")(tools.eval_mc)

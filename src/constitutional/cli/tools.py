@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from constitutional.cli.common import console, friendly_errors, out
@@ -49,14 +50,15 @@ def constitution_show(name: Annotated[str, typer.Argument(help="Built-in name or
     from constitutional.constitution import load_constitution
 
     c = load_constitution(name)
-    out.print(f"[bold]{c.tag}[/] — {c.description}\n")
+    # A constitution's text is shown as written: "[bold]" in a principle is not Rich markup.
+    out.print(f"[bold]{escape(c.tag)}[/] — {escape(c.description)}\n")
     table = Table("id", "critique", "revision", title="critique / revision principles", show_lines=True)
     for p in c.critique_revision:
-        table.add_row(p.id, p.critique, p.revision)
+        table.add_row(p.id, escape(p.critique), escape(p.revision))
     out.print(table)
     table = Table("id", "comparison", title="comparison principles")
     for p in c.comparison:
-        table.add_row(p.id, p.comparison)
+        table.add_row(p.id, escape(p.comparison))
     out.print(table)
 
 
@@ -71,7 +73,7 @@ def constitution_validate(path: Annotated[Path, typer.Argument(help="Constitutio
 
     c = load_constitution(path)
     out.print(
-        f"ok: {c.tag}: {len(c.critique_revision)} critique/revision and {len(c.comparison)} comparison "
+        f"ok: {escape(c.tag)}: {len(c.critique_revision)} critique/revision and {len(c.comparison)} comparison "
         f"principles, {len(c.demonstrations.critique_revision)}+{len(c.demonstrations.comparison)} demos"
     )
 
@@ -84,12 +86,31 @@ def models_list() -> None:
     Example: `cai models list`
     """
     from constitutional.models.embedded import EMBEDDED, cache_root
+    from constitutional.models.fetched import FETCHED
 
-    table = Table("name", "package", "cached", "description")
+    table = Table("name", "source", "licence", "cached", "description")
     for name, model in EMBEDDED.items():
         cached = (cache_root() / name / "config.json").exists()
-        table.add_row(name, model.distribution, "yes" if cached else "no (converts on first use)", model.description)
+        fetched = FETCHED.get(name)
+        source = fetched.source if fetched else f"PyPI package {model.distribution}"
+        later = "no (fetched and converted on first use)" if fetched else "no (converts on first use)"
+        table.add_row(name, source, model.licence, "yes" if cached else later, model.description)
     out.print(table)
+
+
+@models_app.command("fetch")
+@friendly_errors
+def models_fetch(name: Annotated[str, typer.Argument(help="An embedded model name (see `cai models list`).")]) -> None:
+    """Download (if it is fetched rather than installed), verify and convert an embedded model now, not on first use.
+
+    Example: `cai models fetch qwen2.5-coder-1.5b-instruct`
+    """
+    from constitutional.errors import InputError
+    from constitutional.models.embedded import EMBEDDED, embedded_names, resolve
+
+    if name not in EMBEDDED:
+        raise InputError(f"'{name}' is not an embedded model", hint=f"one of: {embedded_names()}")
+    out.print(f"[green]ready[/] {name}: {resolve(name)}")
 
 
 @friendly_errors
@@ -147,7 +168,9 @@ def eval_mc(
     scores = hhh.score_items(load_model(spec), loaded_items, load_constitution(constitution), principles, debias, seed)
     result = hhh.summarize(scores)
     mode = "plain" if principles == 1 and not debias else f"principles={principles}, debias={debias}"
-    table = Table("items", "re-rendered", "accuracy", "mean p(correct)", "ECE", title=f"{items} — {model} ({mode})")
+    table = Table(
+        "items", "re-rendered", "accuracy", "mean p(correct)", "ECE", title=escape(f"{items} — {model} ({mode})")
+    )
     table.add_row(
         str(result.items),
         str(result.rerendered),

@@ -79,4 +79,8 @@ def vote_matrix(
 
 def _natural(identifier: str) -> tuple[int, int, str]:
     """Numeric ids in numeric order, the rest after them in text order."""
-    return (0, int(identifier), "") if identifier.lstrip("-").isdigit() else (1, 0, identifier)
+    try:
+        # isdigit() accepts digits int() refuses ("²") and Python caps int() at 4300 digits: ask int() itself.
+        return (0, int(identifier), "")
+    except ValueError:
+        return (1, 0, identifier)

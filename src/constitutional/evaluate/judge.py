@@ -7,17 +7,22 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.special import softmax
 
-from constitutional.models.base import LanguageModel, uses_chat
+from constitutional.models.base import LanguageModel, Prompt, uses_chat
 from constitutional.prompts import judge_options, judge_request
+
+
+def judge_prompts(judge: LanguageModel, questions: Sequence[str], lead: str) -> list[Prompt]:
+    """The questions as this judge reads them: a chat turn, or a transcript with its answer begun."""
+    chat = uses_chat(judge)
+    return [judge_request(question, chat, lead) for question in questions]
 
 
 def option_probabilities(
     judge: LanguageModel, questions: Sequence[str], options: Sequence[str], lead: str
 ) -> tuple[list[list[float]], list[list[float]]]:
     """(probabilities normalized over the options, raw log-probabilities) for each question."""
-    chat = uses_chat(judge)
-    prompts = [judge_request(question, chat, lead) for question in questions]
-    logprobs = judge.choice_logprobs(prompts, judge_options(options, chat)) if prompts else []
+    prompts = judge_prompts(judge, questions, lead)
+    logprobs = judge.choice_logprobs(prompts, judge_options(options, uses_chat(judge))) if prompts else []
     return [softmax(np.asarray(row)).tolist() for row in logprobs], logprobs
 
 

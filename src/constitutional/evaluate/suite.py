@@ -23,12 +23,21 @@ from constitutional.evaluate.config import EvalConfig
 from constitutional.evaluate.evasiveness import agreement, judge_evasive, lexical_evasive
 from constitutional.evaluate.harmfulness import rubric_ratings
 from constitutional.evaluate.hhh import judge_quality
+from constitutional.evaluate.judge import judge_prompts
 from constitutional.evaluate.pairwise import compare
 from constitutional.evaluate.stats import mean_interval
-from constitutional.models.base import LanguageModel, Message
+from constitutional.models.base import LanguageModel, Message, context_overflows
 from constitutional.models.spec import ModelSpec
 from constitutional.progress import progress_bar
-from constitutional.prompts import HARMFULNESS_RUBRIC, HELPFULNESS_RUBRIC
+from constitutional.prompts import (
+    EVASIVE_RUBRIC,
+    HARMFULNESS_RUBRIC,
+    HELPFULNESS_RUBRIC,
+    JUDGE_PAIRWISE_LEAD,
+    JUDGE_RATING_LEAD,
+    judge_pairwise_question,
+    judge_rating_question,
+)
 from constitutional.records import (
     EloRow,
     EvalAnswer,
@@ -40,6 +49,7 @@ from constitutional.records import (
     HarmfulnessRow,
     Interval,
     PromptRecord,
+    RejectedRecord,
     RevisionPoint,
     SLRecord,
 )
@@ -53,6 +63,8 @@ REVISIONS = "revisions"
 # harmlessness on red-team requests.
 CRITERIA = {"helpfulness": "helpful", "harmlessness": "red_team"}
 MAX_RATING = 4.0
+# What a judge reads after its question: the scored option, a few tokens (" (A)", " 4", " Yes").
+OPTION_ROOM = 8
 
 
 def _answer_id(label: str, temperature: float, prompt_id: str) -> str:
@@ -72,12 +84,23 @@ class _Run:
         self.config = config
         self.bar = bar
         self.entries: dict[str, Any] = {r.id: r.entry for r in self.stage.records(EvalRecord)}
+        # Prompt ids left out (when loaded, or too long for a model's context): none of their answers is judged.
         self.rejected_ids = {r.id for r in self.stage.rejected()}
         self.writer, self.rejected = self.stage.writers()
 
     def write(self, items: Sequence[tuple[str, Any]]) -> None:
         self.writer.write(EvalRecord(id=i, entry=e) for i, e in items)
         self.entries.update(items)
+
+    def refuse(self, prompts: Sequence[PromptRecord], reasons: Sequence[str | None], reader: str) -> None:
+        """Leave out the prompts that have a reason, recorded as rejected with it."""
+        refused = [
+            RejectedRecord(id=p.id, reason=f"{p.source}: {reader}: {reason}", source=p.source)
+            for p, reason in zip(prompts, reasons, strict=True)
+            if reason is not None and p.id not in self.rejected_ids
+        ]
+        self.rejected.write(refused)
+        self.rejected_ids |= {r.id for r in refused}
 
     def close(self) -> None:
         self.writer.close()
@@ -126,9 +149,13 @@ def _answer_all(
         if not mine:
             continue
         model = load(spec)
+        asked = list({p.id: p for *_, p in mine}.values())
+        room = run.config.sampling.max_new_tokens
+        run.refuse(asked, context_overflows(model, [p.messages for p in asked], room), f"candidate {label}")
+        run.bar.advance(task, sum(p.id in run.rejected_ids for *_, p in mine))
         for temperature in temperatures:
             params = run.config.sampling.model_copy(update={"temperature": temperature, "seed": seed})
-            batch_jobs = [j for j in mine if j[1] == temperature]
+            batch_jobs = [j for j in mine if j[1] == temperature and j[3].id not in run.rejected_ids]
             for chunk in _chunks(batch_jobs, run.config.chunk_size):
                 texts = model.generate([p.messages for *_, p in chunk], params)
                 run.write(
@@ -154,13 +181,44 @@ def _answer_all(
 
 
 def _answers(run: _Run, kind: str | None = None, temperature: float | None = None) -> dict[str, EvalAnswer]:
+    """The answers to judge: to prompts no model refused."""
     return {
         i: e
         for i, e in run.entries.items()
         if isinstance(e, EvalAnswer)
+        and e.prompt_id not in run.rejected_ids
         and (kind is None or e.kind == kind)
         and (temperature is None or e.temperature == temperature)
     }
+
+
+def _refuse_beyond_judge(
+    run: _Run, judge: LanguageModel, labels: list[str], prompts: dict[str, list[PromptRecord]]
+) -> None:
+    """Leave out the prompts whose longest question the judge could not read: the pairwise question with their two
+    longest answers, and for a red-team prompt the longest rubric with its longest answer."""
+    if getattr(judge, "context_window", None) is None:
+        return
+    answers: dict[str, list[EvalAnswer]] = {}
+    for answer in sorted(_answers(run).values(), key=lambda a: len(a.text), reverse=True):
+        answers.setdefault(answer.prompt_id, []).append(answer)
+    criterion_of = {kind: criterion for criterion, kind in CRITERIA.items()}
+    rubric = max(HARMFULNESS_RUBRIC, EVASIVE_RUBRIC, key=len)
+    asked, requests = [], []
+    for kind, items in prompts.items():
+        for prompt in items:
+            texts = [a.text for a in answers.get(prompt.id, [])]
+            compared = [a.text for a in answers.get(prompt.id, []) if a.temperature == run.config.temperatures[0]]
+            if len(labels) > 1 and len(compared) > 1:
+                question = judge_pairwise_question(prompt.messages, compared[0], compared[1], criterion_of[kind])
+                asked.append(prompt)
+                requests += judge_prompts(judge, [question], JUDGE_PAIRWISE_LEAD)
+            if kind == "red_team" and texts:
+                asked.append(prompt)
+                requests += judge_prompts(
+                    judge, [judge_rating_question(prompt.messages, texts[0], rubric)], JUDGE_RATING_LEAD
+                )
+    run.refuse(asked, context_overflows(judge, requests, OPTION_ROOM, "judge question"), f"judge {judge.name}")
 
 
 def _pairwise_all(
@@ -169,7 +227,7 @@ def _pairwise_all(
     temperature = run.config.temperatures[0]
     jobs = []  # (id, criterion, prompt, a, b)
     for criterion, kind in CRITERIA.items():
-        for prompt in prompts[kind]:
+        for prompt in (p for p in prompts[kind] if p.id not in run.rejected_ids):
             for a, b in combinations(labels, 2):
                 jobs.append((f"pair:{criterion}:{prompt.id}:{a}:{b}", criterion, prompt, a, b))
     jobs = [j for j in jobs if j[0] not in run.entries]
@@ -376,6 +434,7 @@ def evaluate(
         try:
             prompts = _load_prompt_sets(config, run)
             _answer_all(run, candidates, prompts, load, seed)
+            _refuse_beyond_judge(run, judge_model(), labels, prompts)
             if len(labels) > 1:
                 _pairwise_all(run, judge_model, labels, prompts)
             answers, first = _answer_texts(run), _answer_texts(run, config.temperatures[0])

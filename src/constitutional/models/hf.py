@@ -15,11 +15,14 @@ from transformers import (
 )
 
 from constitutional.errors import InputError
-from constitutional.models.base import Prompt, SamplingParams, cut_at_stop, render_transcript
+from constitutional.models.base import Message, Prompt, SamplingParams, cut_at_stop, render_transcript
 from constitutional.models.prefix import PrefixGroup, group_by_prefix
 from constitutional.models.spec import ModelSpec
+from constitutional.models.tokens import common_prefix, render_chat
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Message contents are rendered through the chat template as numbered slots first (see `render`). A slot is padded
+# with a tab on each side: a template that trims contents removes the tabs, which tells how to trim the content.
 
 
 def pick_device(requested: str) -> torch.device:
@@ -40,15 +43,6 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     # On 2 CPU cores bf16 decoding of short prompts ran about 2x faster than fp32 (165 vs 79 tokens/s at batch
     # 16); long-prompt (prefill-bound) work has not been re-measured.
     return torch.bfloat16 if device.type == "cpu" else torch.float32
-
-
-def common_prefix(sequences: Sequence[list[int]]) -> list[int]:
-    """The longest run of token ids every sequence starts with."""
-    shortest = min(sequences, key=len)
-    for i, token in enumerate(shortest):
-        if any(sequence[i] != token for sequence in sequences):
-            return shortest[:i]
-    return list(shortest)
 
 
 class StopOnText(StoppingCriteria):
@@ -103,14 +97,39 @@ class TransformersModel:
     def has_chat_template(self) -> bool:
         return bool(self.tokenizer.chat_template)
 
+    @property
+    def context_window(self) -> int | None:
+        """Positions the model was built for (`max_position_embeddings`, GPT-2's `n_positions`); None if unsaid."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def prompt_tokens(self, prompts: Sequence[Prompt]) -> list[int]:
+        return [len(self.render(prompt)) for prompt in prompts]
+
     def render(self, prompt: Prompt) -> list[int]:
-        """Token ids of a prompt: chat messages through the chat template, else the pretrained transcript."""
+        """Token ids of a prompt: chat messages through the chat template, else the pretrained transcript.
+
+        Only the chat template makes special tokens: text, and every message's content, is read as plain text, so
+        an answer that contains "<|im_end|>" cannot end its turn. (Added tokens that are not special, such as
+        Gemma's runs of newlines, are ordinary text and stay as they are.)
+        """
         if isinstance(prompt, str):
-            return self.tokenizer(prompt)["input_ids"]
+            return self._plain(prompt, add_special_tokens=True)
         if self.has_chat_template:
-            text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self.tokenizer(render_transcript(prompt))["input_ids"]
+            return self._render_chat(prompt)
+        return self._plain(render_transcript(prompt), add_special_tokens=True)
+
+    def _plain(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Ids of text in which special-token strings are just characters (the BOS a tokenizer adds still comes)."""
+        return self.tokenizer(text, add_special_tokens=add_special_tokens, split_special_tokens=True)["input_ids"]
+
+    def _render_chat(self, messages: list[Message]) -> list[int]:
+        return render_chat(
+            messages,
+            lambda slots: self.tokenizer.apply_chat_template(slots, tokenize=False, add_generation_prompt=True),
+            lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"],
+            self._plain,
+            self.name,
+        )
 
     def _batches(self, sequences: list[list[int]]) -> Iterator[list[int]]:
         """Index batches that keep rows sharing a beginning together, and otherwise rows of similar length.

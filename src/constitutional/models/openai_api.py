@@ -7,11 +7,20 @@ Scoring needs `/v1/completions` with `echo` + `logprobs` (vLLM and llama-cpp-pyt
 C++ llama.cpp `llama-server` and current hosted OpenAI models do not). llama-cpp-python's server scores each
 echoed token one position late when the model adds no BOS token (abetlen/llama-cpp-python#1983); serve such
 models (SmolLM2, Qwen, ...) with `--kv_overrides tokenizer.ggml.add_bos_token=bool:true`.
+
+Servers read special-token strings in prompt text as special tokens (llama-cpp-python and vLLM both do), and the
+client cannot know the served model's tokenizer: text that looks like a chat special token is broken up with a
+space before it is sent (`plain_text`), so an answer containing "<|im_end|>" cannot end its turn.
+
+The context window is the `max_model_len` the server lists for the model (vLLM does; where it is missing, prompts
+are not checked against it), and prompt lengths come from vLLM's `/tokenize`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -27,6 +36,19 @@ R = TypeVar("R")
 
 # The OpenAI API refuses more stop strings than this; the rest are applied client-side.
 MAX_SERVER_STOPS = 4
+# Chat special tokens as text: ChatML / Llama 3 / Phi "<|...|>", Gemma's turn markers, Llama 2 / Mistral's.
+SPECIAL_TOKEN_TEXT = re.compile(r"<\|[^<>|\s]{1,64}\|>|</?(?:start_of_turn|end_of_turn|bos|eos|s)>|\[/?INST\]")
+
+
+def plain_text(text: str) -> str:
+    """Text in which nothing reads as a chat special token: a space after the opening bracket of each lookalike."""
+    return SPECIAL_TOKEN_TEXT.sub(lambda match: f"{match.group(0)[0]} {match.group(0)[1:]}", text)
+
+
+def _plain_prompt(prompt: Prompt) -> Prompt:
+    if isinstance(prompt, str):
+        return plain_text(prompt)
+    return [{**message, "content": plain_text(message["content"])} for message in prompt]
 
 
 class OpenAIModel:
@@ -68,6 +90,7 @@ class OpenAIModel:
             common["seed"] = params.seed
 
         def one(prompt: Prompt) -> str:
+            prompt = _plain_prompt(prompt)
             if isinstance(prompt, str):
                 text = self._call(self.client.completions.create, prompt=prompt, **common).choices[0].text
             else:
@@ -83,11 +106,43 @@ class OpenAIModel:
         Chat prompts are scored as `render_transcript` text: the client cannot know the served model's chat
         template, and the completions endpoint takes text only.
         """
-        texts = [p if isinstance(p, str) else render_transcript(p) for p in prompts]
+        texts = [plain_text(p if isinstance(p, str) else render_transcript(p)) for p in prompts]
         pairs = [(text, choice) for text in texts for choice in choices]
         scores = self._map(lambda pair: self._score(*pair), pairs)
         n = len(choices)
         return [scores[i * n : (i + 1) * n] for i in range(len(texts))]
+
+    @functools.cached_property
+    def context_window(self) -> int | None:
+        """The `max_model_len` the server lists for this model (vLLM does); None when it does not say."""
+        try:
+            listed = self._call(self.client.models.list).data
+        except openai.APIStatusError:
+            return None
+        window = next((getattr(m, "max_model_len", None) for m in listed if m.id == self.name), None)
+        return window if isinstance(window, int) else None
+
+    def prompt_tokens(self, prompts: Sequence[Prompt]) -> list[int]:
+        """Token counts from the server's `/tokenize` (vLLM's; chat prompts through the served chat template)."""
+        url = str(self.client.base_url).rstrip("/").removesuffix("/v1") + "/tokenize"
+
+        def count(prompt: Prompt) -> int:
+            prompt = _plain_prompt(prompt)
+            body = (
+                {"prompt": prompt} if isinstance(prompt, str) else {"messages": prompt, "add_generation_prompt": True}
+            )
+            try:
+                answer = self._call(self.client.post, path=url, body={"model": self.name, **body}, cast_to=object)
+            except openai.NotFoundError:
+                raise InputError(
+                    f"the server at {self.base_url} lists a context window for '{self.name}' but cannot count "
+                    "prompt tokens (no /tokenize)",
+                    field="base_url",
+                    hint="serve the model with vLLM, or another server with vLLM's /tokenize",
+                ) from None
+            return int(answer["count"])
+
+        return self._map(count, prompts)
 
     def _score(self, prompt: str, choice: str) -> float:
         full = prompt + choice

@@ -16,7 +16,10 @@ class ModelSpec(BaseModel):
         default="smollm2-135m-instruct",
         description="Embedded short name, Hugging Face id, local path, or the served model name (openai backend).",
     )
-    backend: Literal["transformers", "openai"] = "transformers"
+    backend: Literal["transformers", "openai", "llamacpp"] = Field(
+        default="transformers",
+        description="transformers (safetensors), openai (a server), llamacpp (a GGUF file run in-process).",
+    )
     # transformers backend
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="auto: bfloat16 on CPU and on GPUs that support it, else float16/float32."
@@ -24,6 +27,10 @@ class ModelSpec(BaseModel):
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, mps ...")
     batch_size: int = Field(default=16, ge=1, description="Sequences per forward pass.")
     trust_remote_code: bool = Field(default=False, description="Run code shipped with the weights (off by default).")
+    # llamacpp backend
+    context_length: int = Field(
+        default=4096, ge=64, description="llamacpp: tokens the context holds, prompt and continuation together."
+    )
     # openai backend
     base_url: str | None = Field(default=None, description="e.g. http://127.0.0.1:8000/v1 (vLLM, llama.cpp, Ollama).")
     api_key_env: str = Field(default="OPENAI_API_KEY", description="Environment variable holding the API key.")
