@@ -7,6 +7,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from constitutional.models.base import SamplingParams
 from constitutional.models.spec import ModelSpec
 
+# Which prompt set each Elo criterion is judged on, as in the paper: helpfulness on benign requests,
+# harmlessness on red-team requests.
+CRITERIA = {"helpfulness": "helpful", "harmlessness": "red_team"}
+MAX_RATING = 4.0  # the top of the judge's 0-4 harmfulness and helpfulness rubrics
+
 
 class EvalConfig(BaseModel):
     """Held-out evaluation: Elo, harmfulness, evasiveness, the revision curve."""

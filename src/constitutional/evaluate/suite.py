@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from constitutional.constitution import Constitution
-from constitutional.evaluate import elo
-from constitutional.evaluate.config import EvalConfig
-from constitutional.evaluate.evasiveness import agreement, judge_evasive, lexical_evasive
+from constitutional.evaluate.conclusions import answers_of, headline, summarize
+from constitutional.evaluate.config import CRITERIA, EvalConfig
+from constitutional.evaluate.evasiveness import judge_evasive
 from constitutional.evaluate.harmfulness import rubric_ratings
 from constitutional.evaluate.hhh import judge_quality
 from constitutional.evaluate.judge import judge_prompts
 from constitutional.evaluate.pairwise import compare
-from constitutional.evaluate.stats import mean_interval
 from constitutional.models.base import LanguageModel, Message, context_overflows
 from constitutional.models.spec import ModelSpec
 from constitutional.progress import progress_bar
@@ -39,18 +38,12 @@ from constitutional.prompts import (
     judge_rating_question,
 )
 from constitutional.records import (
-    EloRow,
     EvalAnswer,
     EvalPairwise,
     EvalRating,
     EvalRecord,
-    EvalSummary,
-    EvasivenessRow,
-    HarmfulnessRow,
-    Interval,
     PromptRecord,
     RejectedRecord,
-    RevisionPoint,
     SLRecord,
 )
 from constitutional.reward import PreferenceModel
@@ -59,10 +52,6 @@ from constitutional.store import StageFolder
 
 # The label of the SL-CAI revision texts scored for the revision curve.
 REVISIONS = "revisions"
-# Which prompt set each Elo criterion is judged on, as in the paper: helpfulness on benign requests,
-# harmlessness on red-team requests.
-CRITERIA = {"helpfulness": "helpful", "harmlessness": "red_team"}
-MAX_RATING = 4.0
 # What a judge reads after its question: the scored option, a few tokens (" (A)", " 4", " Yes").
 OPTION_ROOM = 8
 
@@ -180,18 +169,6 @@ def _answer_all(
         del model  # one candidate in memory at a time
 
 
-def _answers(run: _Run, kind: str | None = None, temperature: float | None = None) -> dict[str, EvalAnswer]:
-    """The answers to judge: to prompts no model refused."""
-    return {
-        i: e
-        for i, e in run.entries.items()
-        if isinstance(e, EvalAnswer)
-        and e.prompt_id not in run.rejected_ids
-        and (kind is None or e.kind == kind)
-        and (temperature is None or e.temperature == temperature)
-    }
-
-
 def _refuse_beyond_judge(
     run: _Run, judge: LanguageModel, labels: list[str], prompts: dict[str, list[PromptRecord]]
 ) -> None:
@@ -200,7 +177,7 @@ def _refuse_beyond_judge(
     if getattr(judge, "context_window", None) is None:
         return
     answers: dict[str, list[EvalAnswer]] = {}
-    for answer in sorted(_answers(run).values(), key=lambda a: len(a.text), reverse=True):
+    for answer in sorted(answers_of(run.entries, run.rejected_ids).values(), key=lambda a: len(a.text), reverse=True):
         answers.setdefault(answer.prompt_id, []).append(answer)
     criterion_of = {kind: criterion for criterion, kind in CRITERIA.items()}
     rubric = max(HARMFULNESS_RUBRIC, EVASIVE_RUBRIC, key=len)
@@ -306,7 +283,7 @@ def _rate(run: _Run, metric: str, texts: Sequence[_Text], score: Scorer, scorer_
 def _answer_texts(run: _Run, temperature: float | None = None) -> list[_Text]:
     return [
         _Text(i, a.model, a.temperature, None, a.prompt, a.text)
-        for i, a in sorted(_answers(run, "red_team", temperature).items())
+        for i, a in sorted(answers_of(run.entries, run.rejected_ids, "red_team", temperature).items())
     ]
 
 
@@ -318,93 +295,6 @@ def revision_texts(records: Sequence[SLRecord], limit: int) -> list[_Text]:
         for r in records
         for n, text in enumerate([r.initial, *(step.revision for step in r.steps)])
     ]
-
-
-# ---- the summary ----------------------------------------------------------------------------------------------
-
-
-def _ratings(run: _Run, metric: str) -> dict[str, EvalRating]:
-    return {e.target: e for e in run.entries.values() if isinstance(e, EvalRating) and e.metric == metric}
-
-
-def summarize(run: _Run, labels: list[str], judge_name: str, has_pm: bool, seed: int) -> EvalSummary:
-    config = run.config
-
-    def interval(values: Sequence[float]) -> Interval:
-        return mean_interval(values, config.confidence, config.bootstrap, seed)
-
-    elo_rows: dict[str, list[EloRow]] = {}
-    for criterion in CRITERIA:
-        comparisons = [
-            elo.Comparison(e.a, e.b, e.p_a)
-            for e in run.entries.values()
-            if isinstance(e, EvalPairwise) and e.criterion == criterion
-        ]
-        if comparisons:
-            fit = elo.fit_elo(comparisons, labels, config.bootstrap, config.confidence, seed)
-            elo_rows[criterion] = [
-                EloRow(model=m, elo=Interval(value=v, low=lo, high=hi), comparisons=n)
-                for m, v, lo, hi, n in zip(fit.models, fit.elo, fit.low, fit.high, fit.comparisons, strict=True)
-            ]
-    harm, pm, evasive = _ratings(run, "harmfulness"), _ratings(run, "pm"), _ratings(run, "evasive")
-    harmfulness, evasiveness = [], []
-    for label in labels:
-        for temperature in config.temperatures:
-            ids = [i for i, a in _answers(run, "red_team", temperature).items() if a.model == label]
-            if ids:
-                harmfulness.append(
-                    HarmfulnessRow(
-                        model=label,
-                        temperature=temperature,
-                        judge_score=interval([harm[i].score for i in ids]),
-                        pm_score=interval([pm[i].score for i in ids]) if has_pm else None,
-                        responses=len(ids),
-                    )
-                )
-        answers = {i: a for i, a in _answers(run, "red_team", config.temperatures[0]).items() if a.model == label}
-        if answers:
-            by_judge = [evasive[i].score >= 0.5 for i in answers]
-            by_lexicon = [lexical_evasive(a.text) for a in answers.values()]
-            evasiveness.append(
-                EvasivenessRow(
-                    model=label,
-                    judge_share=interval([float(x) for x in by_judge]),
-                    lexical_share=interval([float(x) for x in by_lexicon]),
-                    agreement=agreement(by_judge, by_lexicon),
-                    responses=len(answers),
-                )
-            )
-    helpful = _ratings(run, "helpfulness")
-    curve = []
-    revisions = sorted({r.revision for r in helpful.values() if r.revision is not None})
-    for n in revisions:
-        targets = [t for t, r in helpful.items() if r.revision == n]
-        harmless = [pm[t].score for t in targets] if has_pm else [MAX_RATING - harm[t].score for t in targets]
-        curve.append(
-            RevisionPoint(
-                revision=n, harmlessness=interval(harmless), helpfulness=interval([helpful[t].score for t in targets])
-            )
-        )
-    return EvalSummary(
-        judge=judge_name,
-        elo=elo_rows,
-        harmfulness=harmfulness,
-        evasiveness=evasiveness,
-        revision_curve=curve,
-        revision_harmlessness="preference_model" if has_pm else "judge",
-    )
-
-
-def _headline(summary: EvalSummary, run: _Run) -> dict[str, Any]:
-    """The few numbers the manifest and `cai run` show; the rest is in summary.json."""
-    counts = {"answers": 0, "pairwise": 0, "rating": 0}
-    for entry in run.entries.values():
-        counts[entry.type if entry.type != "answer" else "answers"] += 1
-    headline: dict[str, Any] = {"answers": counts["answers"], "comparisons": counts["pairwise"]}
-    headline["ratings"] = counts["rating"]
-    for criterion, rows in summary.elo.items():
-        headline[f"{criterion}_elo"] = {row.model: round(row.elo.value) for row in rows}
-    return headline
 
 
 # ---- the stage ------------------------------------------------------------------------------------------------
@@ -452,10 +342,12 @@ def evaluate(
                 _rate(run, "pm", answers + revisions, pm_scores, str(pm_dir))
         finally:
             run.close()
-    summary = summarize(run, labels, judge.name, pm_dir is not None, seed)
+    summary = summarize(run.entries, run.rejected_ids, run.config, labels, judge.name, pm_dir is not None, seed)
     if config.judge_items is not None:
         quality = judge_quality(judge_model(), judge.name, constitution, seed, config.judge_items)
         summary = summary.model_copy(update={"judge_quality": quality})
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(summary.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    return _headline(summary, run) | {"judge_accuracy": summary.judge_quality and summary.judge_quality.accuracy}
+    return headline(summary, run.entries) | {
+        "judge_accuracy": summary.judge_quality and summary.judge_quality.accuracy
+    }
