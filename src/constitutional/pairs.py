@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from constitutional.models.base import LanguageModel, SamplingParams, context_overflows
 from constitutional.progress import progress_bar
 from constitutional.records import PairRecord, PromptRecord, RejectedRecord
-from constitutional.sources import load_prompts
+from constitutional.sources import load_prompts, split_refused
 from constitutional.store import StageFolder
 
 
@@ -101,13 +101,7 @@ def fit_context(
 ) -> tuple[list[PromptRecord], list[RejectedRecord]]:
     """The prompts the policy can read and still answer at full length, and the others with the reason."""
     reasons = context_overflows(policy, [p.messages for p in prompts], max_new_tokens)
-    kept = [p for p, reason in zip(prompts, reasons, strict=True) if reason is None]
-    refused = [
-        RejectedRecord(id=p.id, reason=f"{p.source}: {reason}", source=p.source)
-        for p, reason in zip(prompts, reasons, strict=True)
-        if reason is not None
-    ]
-    return kept, refused
+    return split_refused(prompts, reasons)
 
 
 def _chunk_seed(seed: int, kind: str, first_id: str) -> int:

@@ -17,7 +17,7 @@ from constitutional.models.base import LanguageModel, Message, SamplingParams, c
 from constitutional.progress import progress_bar
 from constitutional.prompts import critique_prompt, demonstration_turns, revision_prompt
 from constitutional.records import PromptRecord, RejectedRecord, RevisionStep, SLRecord
-from constitutional.sources import load_prompts
+from constitutional.sources import load_prompts, split_refused
 from constitutional.store import StageFolder
 
 
@@ -166,13 +166,7 @@ def fit_context(
         reasons = context_overflows(policy, requests, tokens * (3 if config.critique else 2), what)
     else:
         reasons = context_overflows(policy, [p.messages for p in prompts], tokens)
-    kept = [p for p, reason in zip(prompts, reasons, strict=True) if reason is None]
-    refused = [
-        RejectedRecord(id=p.id, reason=f"{p.source}: {reason}", source=p.source)
-        for p, reason in zip(prompts, reasons, strict=True)
-        if reason is not None
-    ]
-    return kept, refused
+    return split_refused(prompts, reasons)
 
 
 def _calls_per_prompt(config: SLConfig) -> int:

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import json
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -177,3 +178,16 @@ def load_prompts(
             hint="give at least one non-empty prompt, or leave this source out of the recipe (null)",
         )
     return accepted, rejected
+
+
+def split_refused(
+    prompts: Sequence[PromptRecord], reasons: Sequence[str | None]
+) -> tuple[list[PromptRecord], list[RejectedRecord]]:
+    """(the prompts with no reason against them, the others as rejected records that say why)."""
+    kept = [p for p, reason in zip(prompts, reasons, strict=True) if reason is None]
+    refused = [
+        RejectedRecord(id=p.id, reason=f"{p.source}: {reason}", source=p.source)
+        for p, reason in zip(prompts, reasons, strict=True)
+        if reason is not None
+    ]
+    return kept, refused
