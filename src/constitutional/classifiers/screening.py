@@ -1,0 +1,49 @@
+"""What the guard needs from trained classifiers: a verdict on a conversation, and a running score on an answer.
+
+The guard (`constitutional.guard`) and the evaluation depend on these protocols only, so a classifier is
+replaceable (a test's fake, a keyword filter, a trained model) without either of them changing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from constitutional.models.base import Message
+
+
+class Verdict(BaseModel):
+    score: float  # probability-like, 0..1: how likely the text is restricted content
+    flagged: bool  # score crossed the classifier's calibrated threshold
+    category: str | None = None  # most likely restricted category when flagged
+
+
+class InputClassifier(Protocol):
+    threshold: float
+
+    def screen(self, conversations: Sequence[Sequence[Message]]) -> list[Verdict]:
+        """One verdict per conversation (batched)."""
+        ...
+
+
+class AnswerStream(Protocol):
+    """The running verdict on one answer being generated; fed text as it arrives."""
+
+    def push(self, text: str) -> Verdict:
+        """Add the next piece of the answer; the verdict covers everything pushed so far (the running maximum)."""
+        ...
+
+    @property
+    def tokens(self) -> int:
+        """Tokens of the answer scored so far, in the classifier's tokenizer."""
+        ...
+
+
+class OutputClassifier(Protocol):
+    threshold: float
+
+    def start(self, conversation: Sequence[Message]) -> AnswerStream:
+        """Begin scoring an answer to `conversation`; each push costs one step on the cached prefix."""
+        ...
