@@ -1,0 +1,119 @@
+"""Classifier calls for the server, off the event loop: they are CPU-bound torch work, and 100 streams must not wait
+on one another's forward passes. Input screening is batched across concurrent requests; output pieces are scored
+per upstream read (whatever arrived together is scored in one call)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from constitutional.classifiers.screening import InputClassifier, OutputClassifier, Verdict
+from constitutional.guard.gate import OutputGate, Payload, Piece
+from constitutional.guard.metrics import GuardMetrics
+from constitutional.guard.settings import GuardSettings
+from constitutional.models.base import Message
+
+
+class ClassifierError(Exception):
+    """A classifier raised (or answered nonsense); `stage` says which."""
+
+    def __init__(self, stage: str, cause: BaseException):
+        super().__init__(f"the {stage} classifier failed ({type(cause).__name__}: {cause})")
+        self.stage = stage
+
+
+@dataclass
+class _Waiting:
+    conversations: list[list[Message]]
+    future: asyncio.Future
+
+
+class Classifiers:
+    """The input and output classifiers behind a thread pool, with their latency recorded."""
+
+    def __init__(
+        self,
+        input_classifier: InputClassifier,
+        output_classifier: OutputClassifier,
+        settings: GuardSettings,
+        metrics: GuardMetrics,
+    ):
+        self.input, self.output = input_classifier, output_classifier
+        self.settings, self.metrics = settings, metrics
+        self.pool = ThreadPoolExecutor(settings.classifier_threads, thread_name_prefix="guard-classifier")
+        self._queue: asyncio.Queue[_Waiting] | None = None
+        self._worker: asyncio.Task | None = None
+
+    async def screen(self, conversations: list[list[Message]]) -> list[Verdict]:
+        """One verdict per conversation. Requests arriving while a batch is being scored join the next batch, so
+        batching adds no wait when the guard is idle and saves forward passes when it is busy."""
+        if self._worker is None:
+            self._queue = asyncio.Queue()
+            self._worker = asyncio.get_running_loop().create_task(self._batches())
+        waiting = _Waiting(conversations, asyncio.get_running_loop().create_future())
+        self._queue.put_nowait(waiting)
+        return await waiting.future
+
+    async def _batches(self) -> None:
+        carried: _Waiting | None = None  # the request that did not fit the last batch starts the next one
+        while True:
+            batch = [carried or await self._queue.get()]
+            carried = None
+            size = len(batch[0].conversations)
+            while not self._queue.empty():
+                waiting = self._queue.get_nowait()
+                if size + len(waiting.conversations) > self.settings.max_input_batch:
+                    carried = waiting
+                    break
+                batch.append(waiting)
+                size += len(waiting.conversations)
+            batch = [waiting for waiting in batch if not waiting.future.done()]  # cancelled: the client left
+            if batch:
+                await self._screen_batch(batch)
+
+    async def _screen_batch(self, batch: list[_Waiting]) -> None:
+        conversations = [c for waiting in batch for c in waiting.conversations]
+        started = time.perf_counter()
+        try:
+            verdicts = await asyncio.get_running_loop().run_in_executor(self.pool, self.input.screen, conversations)
+            if len(verdicts) != len(conversations):
+                raise ValueError(f"{len(verdicts)} verdicts for {len(conversations)} conversations")
+        except Exception as err:
+            self.metrics.classifier_errors.labels("input").inc()
+            for waiting in batch:
+                if not waiting.future.done():
+                    waiting.future.set_exception(ClassifierError("input", err))
+            return
+        self.metrics.classifier_seconds.labels("input").observe(time.perf_counter() - started)
+        self.metrics.input_batch.observe(len(conversations))
+        start = 0
+        for waiting in batch:
+            end = start + len(waiting.conversations)
+            if not waiting.future.done():
+                waiting.future.set_result(verdicts[start:end])
+            start = end
+
+    def gate(self, conversation: Sequence[Message]) -> OutputGate:
+        return OutputGate(self.output, conversation, self.settings.hold_back_tokens)
+
+    async def score(self, gate: OutputGate, pieces: Sequence[Piece[Payload]]) -> list[Payload]:
+        """Score pieces in a pool thread; the payloads safe to send now. A classifier error is left in
+        `gate.error` (and counted) for the caller's fail-open or fail-closed policy."""
+        if gate.classifier is None or not any(text for piece in pieces for text in piece.texts.values()):
+            return gate.score(pieces)  # nothing to score: no thread hop
+        started = time.perf_counter()
+        released = await asyncio.get_running_loop().run_in_executor(self.pool, gate.score, pieces)
+        if gate.error is not None:
+            self.metrics.classifier_errors.labels("output").inc()
+        else:
+            self.metrics.classifier_seconds.labels("output").observe(time.perf_counter() - started)
+        return released
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            self._worker = None
+        self.pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,131 @@
+"""A streamed answer through the output gate: upstream events are scored as they arrive and forwarded byte for
+byte once released; a flag closes the upstream stream (it stops generating) and ends the client's stream with a
+content_filter chunk, so the flagged text and what was held back before it never leave the guard."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from constitutional.guard import wire
+from constitutional.guard.classify import ClassifierError
+from constitutional.guard.core import Guard
+from constitutional.guard.gate import OutputGate, Piece
+from constitutional.guard.upstream import UpstreamFailure
+
+_HEAD_FIELDS = ("id", "created", "model", "system_fingerprint")
+
+
+class SSEResponse(StreamingResponse):
+    """A server-sent-event stream whose producer is always closed, also when the client leaves mid-stream (then
+    Starlette stops iterating without closing it, and the upstream would go on generating until collected)."""
+
+    def __init__(self, content: AsyncIterator[bytes], headers: dict[str, str]):
+        headers = {**headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
+        super().__init__(content, headers=headers, media_type="text/event-stream")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
+async def one_shot(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def relay(
+    guard: Guard, exchange: wire.Exchange, response: httpx2.Response, gate: OutputGate[bytes]
+) -> AsyncIterator[bytes]:
+    """The client's stream: released upstream events, then [DONE], a content_filter chunk, or an error event."""
+    splitter = wire.EventSplitter()
+    head: dict[str, Any] = {}  # the completion's id, model, created: the guard's own last chunk repeats them
+    outcome = "disconnected"  # unless the stream reaches one of its ends
+    try:
+        async for data in response.aiter_bytes():
+            pieces, done = _pieces(exchange.endpoint, splitter.feed(data), head)
+            released = await guard.classifiers.score(gate, pieces) if pieces else []
+            if gate.error is not None:
+                if not guard.settings.fail_open:
+                    guard.classifier_failed(exchange, ClassifierError("output", gate.error))
+                    outcome = "error"
+                    yield b"".join(released) + _error_event(
+                        f"the output classifier failed; the guard fails closed and ended the answer "
+                        f"(request {exchange.request_id})",
+                        "guard_error",
+                        "classifier_unavailable",
+                    )
+                    return
+                guard.classifier_failed(exchange, ClassifierError("output", gate.error))
+                gate.unscreened()
+                released += gate.flush()
+            if released:
+                yield b"".join(released)
+            if gate.halt is not None:
+                outcome = "blocked_output"
+                yield _halted(guard, exchange, gate, head)
+                return
+            if done:
+                break
+        outcome = "answered"
+        yield b"".join(gate.flush()) + wire.DONE
+    except httpx2.TimeoutException as err:
+        outcome = "error"
+        yield _broken(guard, exchange, gate, guard.upstream.timed_out(err))
+    except httpx2.TransportError as err:
+        outcome = "error"
+        yield _broken(guard, exchange, gate, guard.upstream.broken(err))
+    finally:
+        await response.aclose()  # on a halt this is what stops the upstream generating
+        if outcome not in ("blocked_output", "error"):  # those are counted where they happen
+            guard.metrics.requests.labels(exchange.endpoint, outcome).inc()
+
+
+def _pieces(endpoint: wire.Endpoint, events: list[bytes], head: dict[str, Any]) -> tuple[list[Piece[bytes]], bool]:
+    """Stream events as gate pieces (raw bytes to forward, answer text to score); True once [DONE] came."""
+    pieces = []
+    for event in events:
+        data = wire.event_data(event)
+        if data is None:  # a comment or keep-alive: forwarded, nothing to score
+            pieces.append(Piece(event + b"\n\n"))
+            continue
+        if data.strip() == b"[DONE]":
+            return pieces, True
+        try:
+            payload = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            payload = None
+        if not isinstance(payload, dict):
+            continue  # not an OpenAI event: never forwarded unscreened
+        if not head:
+            head.update((key, payload[key]) for key in _HEAD_FIELDS if key in payload)
+        pieces.append(Piece(event + b"\n\n", wire.chunk_texts(endpoint, payload)))
+    return pieces, False
+
+
+def _halted(guard: Guard, exchange: wire.Exchange, gate: OutputGate[bytes], head: dict[str, Any]) -> bytes:
+    halt = gate.halt
+    guard.record_block(exchange, "output", halt.verdict, text=gate.text(halt.choice), tokens=halt.tokens)
+    message = guard.settings.refusal_message
+    if gate.released_text and message:
+        message = "\n\n" + message
+    choices = sorted(set(gate.streams) | {halt.choice})
+    reason = guard.reason(exchange, "output", halt.verdict)
+    return wire.final_chunk(exchange.endpoint, head, choices, message, reason) + wire.DONE
+
+
+def _broken(guard: Guard, exchange: wire.Exchange, gate: OutputGate[bytes], failure: UpstreamFailure) -> bytes:
+    """What was scored goes out (nothing follows it that could flag it), then the error; the openai client raises."""
+    guard.metrics.upstream_errors.labels(failure.kind).inc()
+    guard.metrics.requests.labels(exchange.endpoint, "error").inc()
+    return b"".join(gate.flush()) + _error_event(failure.message, "upstream_error", failure.kind)
+
+
+def _error_event(message: str, kind: str, code: str) -> bytes:
+    return wire.event_bytes(wire.error_body(message, kind, code)) + wire.DONE
