@@ -8,6 +8,7 @@ import typer
 
 from constitutional.cli import common, tools
 from constitutional.cli.collective import ccai_app
+from constitutional.cli.guard import guard_app
 from constitutional.cli.stage_commands import add_pipeline_commands, add_stage_commands
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="Constitutional AI on your own models.")
@@ -38,6 +39,7 @@ for name, group in groups.items():
 app.add_typer(tools.constitution_app, name="constitution")
 app.add_typer(tools.models_app, name="models")
 app.add_typer(ccai_app, name="ccai")
+app.add_typer(guard_app, name="guard")
 add_pipeline_commands(app)
 
 
