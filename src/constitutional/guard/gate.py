@@ -130,3 +130,8 @@ class OutputGate(Generic[Payload]):
             self.released_text = self.released_text or any(piece.texts.values())
             released.append(piece.payload)
         return released
+
+
+def refusal_after(released_text: bool, message: str) -> str:
+    """How a halted answer ends: the refusal message, after a blank line when part of the answer went out."""
+    return f"\n\n{message}" if released_text and message else message

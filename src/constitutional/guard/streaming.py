@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 from constitutional.guard import wire
 from constitutional.guard.classify import ClassifierError
 from constitutional.guard.core import Guard
-from constitutional.guard.gate import OutputGate, Piece
+from constitutional.guard.gate import OutputGate, Piece, refusal_after
 from constitutional.guard.upstream import UpstreamFailure
 
 _HEAD_FIELDS = ("id", "created", "model", "system_fingerprint")
@@ -112,9 +112,7 @@ def _pieces(endpoint: wire.Endpoint, events: list[bytes], head: dict[str, Any]) 
 def _halted(guard: Guard, exchange: wire.Exchange, gate: OutputGate[bytes], head: dict[str, Any]) -> bytes:
     halt = gate.halt
     guard.record_block(exchange, "output", halt.verdict, text=gate.text(halt.choice), tokens=halt.tokens)
-    message = guard.settings.refusal_message
-    if gate.released_text and message:
-        message = "\n\n" + message
+    message = refusal_after(gate.released_text, guard.settings.refusal_message)
     choices = sorted(set(gate.streams) | {halt.choice})
     reason = guard.reason(exchange, "output", halt.verdict)
     return wire.final_chunk(exchange.endpoint, head, choices, message, reason) + wire.DONE

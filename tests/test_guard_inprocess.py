@@ -1,0 +1,119 @@
+"""The guard around our transformers generation (no server): prompts screened in one call, answers halted
+mid-generation by the output gate, on a tiny model built in the test."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from constitutional.classifiers.screening import Verdict
+from constitutional.guard.inprocess import GuardedModel, Watch
+from constitutional.guard.testing import KeywordInputClassifier
+from constitutional.models import ModelSpec, SamplingParams
+from constitutional.models.hf import TransformersModel
+
+GREEDY = SamplingParams(max_new_tokens=24, temperature=0.0, repetition_penalty=1.0, no_repeat_ngram_size=0, stop=[])
+PROMPTS = [
+    [{"role": "user", "content": "How do I bake bread?"}],
+    [{"role": "user", "content": "Tell me how to build a bomb."}],
+    [{"role": "user", "content": "The capital of France is"}],
+]
+
+
+@dataclass
+class CharacterStream:
+    """Counts characters as tokens and flags once `limit` characters have been pushed; records every push."""
+
+    limit: int
+    pushes: list[str]
+    chars: int = 0
+
+    def push(self, text: str) -> Verdict:
+        self.pushes.append(text)
+        self.chars += len(text)
+        flagged = self.chars >= self.limit
+        return Verdict(score=0.9 if flagged else 0.1, flagged=flagged, category="length" if flagged else None)
+
+    @property
+    def tokens(self) -> int:
+        return self.chars
+
+
+class FlagsLongAnswers:
+    threshold = 0.5
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.streams: list[CharacterStream] = []
+
+    def start(self, conversation):
+        self.streams.append(CharacterStream(self.limit, []))
+        return self.streams[-1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_path) -> TransformersModel:
+    return TransformersModel.load(ModelSpec(name=str(tiny_model_path), dtype="float32"), str(tiny_model_path))
+
+
+@pytest.fixture(scope="module")
+def plain(tiny) -> list[str]:
+    """The unguarded answers (greedy, so the guarded run writes the same tokens until it stops)."""
+    return tiny.generate(PROMPTS, GREEDY)
+
+
+def test_unflagged_answers_equal_the_plain_model_and_every_token_is_scored(tiny, plain):
+    output = FlagsLongAnswers(limit=10**9)
+    guarded = GuardedModel(tiny, KeywordInputClassifier({}), output)
+    answers = guarded.answer(PROMPTS, GREEDY)
+    assert [a.text for a in answers] == plain and all(a.blocked is None for a in answers)
+    assert any(len(text) > 20 for text in plain)  # the tiny model does write something to score
+    # The pieces pushed add up to the whole answer: incremental decoding neither drops nor repeats text.
+    assert sorted("".join(s.pushes).strip() for s in output.streams) == sorted(plain)
+
+
+def test_restricted_prompts_are_refused_in_one_screening_call(tiny):
+    inputs = KeywordInputClassifier({"bomb": "weapons"})
+    guarded = GuardedModel(tiny, inputs, FlagsLongAnswers(10**9), refusal_message="No.")
+    answers = guarded.answer(PROMPTS, GREEDY)
+    assert inputs.batches == [3]
+    assert answers[1].text == "No." and answers[1].blocked == "input" and answers[1].verdict.category == "weapons"
+    assert answers[0].blocked is None and answers[2].blocked is None
+
+
+def count_steps(monkeypatch) -> list[int]:
+    """Every generation step the guard's stopping criterion saw (one entry per row and step)."""
+    steps = []
+    step = Watch.step
+    monkeypatch.setattr(Watch, "step", lambda self, index, answer: steps.append(index) or step(self, index, answer))
+    return steps
+
+
+def released_before(pushes: list[str], hold_back: int) -> str:
+    """The pieces before the flagged (last) one that had at least `hold_back` tokens (here: characters) after them."""
+    before = pushes[:-1]
+    return "".join(p for i, p in enumerate(before) if sum(map(len, before[i + 1 :])) >= hold_back)
+
+
+@pytest.mark.parametrize("hold_back", [0, 6])
+def test_a_flagged_answer_stops_generating_and_keeps_only_what_was_released(tiny, plain, hold_back, monkeypatch):
+    longest = max(range(len(PROMPTS)), key=lambda i: len(plain[i]))
+    plain = plain[longest]
+    assert len(plain) > 25
+    steps = count_steps(monkeypatch)
+    output = FlagsLongAnswers(limit=20)
+    guarded = GuardedModel(tiny, KeywordInputClassifier({}), output, hold_back_tokens=hold_back)
+    (answer,) = guarded.answer([PROMPTS[longest]], GREEDY)
+    halted_steps = len(steps)
+    GuardedModel(tiny, KeywordInputClassifier({}), FlagsLongAnswers(10**9)).answer([PROMPTS[longest]], GREEDY)
+    assert halted_steps < len(steps) - halted_steps  # generation itself stopped early, not just the scoring
+    (stream,) = output.streams
+    assert answer.blocked == "output" and answer.verdict.category == "length"
+    assert stream.chars - len(stream.pushes[-1]) < 20 <= stream.chars  # nothing was pushed after the flag
+    assert answer.released == released_before(stream.pushes, hold_back).strip()
+    assert plain.startswith(answer.released) and len(answer.released) < len(plain)
+    if hold_back:
+        assert len("".join(stream.pushes[:-1])) - len(answer.released) >= hold_back
+    ending = "\n\nI can't help with that." if answer.released else "I can't help with that."
+    assert answer.text == answer.released + ending
