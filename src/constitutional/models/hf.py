@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from transformers import (
@@ -149,7 +149,15 @@ class TransformersModel:
         return {key: value.to(self.model.device) for key, value in batch.items()}
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[str]:
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        params: SamplingParams,
+        watch: Callable[[int, list[int]], StoppingCriteria] | None = None,
+    ) -> list[str]:
+        """`watch`, when given, makes one more stopping criterion per batch from the batch's padded prompt length and
+        the indices of its prompts: a streaming output classifier stopping the answers it flags
+        (classifiers/stream_model.py)."""
         encoded = [self.render(prompt) for prompt in prompts]
         outputs: list[str] = [""] * len(encoded)
         sampling = params.temperature > 0
@@ -158,6 +166,9 @@ class TransformersModel:
                 torch.manual_seed(params.seed + batch_number)
             batch = self._inputs([encoded[i] for i in indices])
             prompt_length = batch["input_ids"].shape[1]
+            criteria = [StopOnText(self.tokenizer, params.stop, prompt_length)] if params.stop else []
+            if watch is not None:
+                criteria.append(watch(prompt_length, indices))
             generated = self.model.generate(
                 **batch,
                 max_new_tokens=params.max_new_tokens,
@@ -167,9 +178,7 @@ class TransformersModel:
                 top_k=None,
                 repetition_penalty=params.repetition_penalty,
                 no_repeat_ngram_size=params.no_repeat_ngram_size,
-                stopping_criteria=StoppingCriteriaList([StopOnText(self.tokenizer, params.stop, prompt_length)])
-                if params.stop
-                else None,
+                stopping_criteria=StoppingCriteriaList(criteria) if criteria else None,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
             new_tokens = generated[:, prompt_length:]
