@@ -1,0 +1,459 @@
+"""The streaming output classifier: a value head on a frozen causal LM's hidden states that predicts, at every token
+of an answer, whether the answer is harmful, and stops generation once its running maximum crosses the threshold.
+
+Why a frozen backbone and a small head: when the backbone is the model generating the answer, the hidden states the
+head reads are computed by the generation anyway, so attached to it (`StreamModel.attached`) the classifier costs
+one head per token, not a second forward pass; the guard in front of another model runs the same head on the
+backbone's own incremental forward instead (`StreamModel.start`). The head reads the output of one decoder layer,
+read by a forward hook in every mode (training, scoring, generation), so all modes see the same features.
+
+Attached to generation the flag comes one token late: a token's hidden state is computed when the model reads it to
+predict the next one, so the score of token t is known once token t + 1 has been sampled (and the last token of an
+answer is never scored there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from transformers import StoppingCriteria
+
+from constitutional.classifiers.input_model import TrainingSummary, training_split
+from constitutional.classifiers.metrics import AnswerTrace, stream_metrics
+from constitutional.classifiers.records import ClassifierExample
+from constitutional.classifiers.screening import Verdict
+from constitutional.classifiers.thresholds import DEFAULT_TARGET_FPR, calibrate_threshold
+from constitutional.errors import InputError
+from constitutional.models.base import Message, Prompt, SamplingParams
+from constitutional.models.hf import TransformersModel
+from constitutional.models.prefix import shared_length
+from constitutional.progress import progress_bar
+
+
+class StreamClassifierSettings(BaseModel):
+    """Training the value head of the streaming output classifier on a frozen backbone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str = Field(
+        default="smollm2-135m-instruct",
+        description="Causal LM whose hidden states the head reads; attach the classifier to this same model "
+        "when it generates, and the classifier costs only its head.",
+    )
+    dtype: str = Field(default="auto", description="Backbone precision: auto (bf16 on CPU), float32, bfloat16.")
+    layer: int = Field(default=-1, description="Decoder layer whose output the head reads; negative from the end.")
+    head_hidden: int = Field(default=0, ge=0, description="Hidden units of the head; 0 for a linear probe.")
+    cummax_weight: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Share of the loss on the running maximum of the scores (the rest: per-token prediction).",
+    )
+    max_answer_tokens: int = Field(default=256, ge=1, description="Answer tokens read per training example.")
+    epochs: int = Field(default=30, ge=1, description="Passes over the cached hidden states (cheap: head only).")
+    batch_size: int = Field(default=32, ge=1, description="Answers per head-training step.")
+    learning_rate: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    target_fpr: float = Field(default=DEFAULT_TARGET_FPR, gt=0, lt=1)
+    seed: int = 0
+
+
+# ---- the head and its loss -------------------------------------------------------------------------------------
+
+
+class ValueHead(nn.Module):
+    """Hidden state -> logit that the whole answer is harmful. The LayerNorm makes any layer's scale alike."""
+
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.net = nn.Linear(width, 1) if hidden == 0 else nn.Sequential(
+            nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, 1)
+        )  # fmt: skip
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(self.norm(features.float())).squeeze(-1)
+
+
+def stream_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, cummax_weight: float) -> torch.Tensor:
+    """(1 - w) * per-token BCE + w * BCE of the running maximum, averaged over real tokens; all (answers, tokens).
+
+    The running maximum is what the stream acts on (a flagged answer stays flagged), so its term punishes a single
+    early spike on a benign answer as much as a sustained one; the per-token term keeps every position learning.
+    """
+    import torch.nn.functional as F
+
+    running = torch.cummax(logits, dim=1).values  # sigmoid is monotone: the max of logits is the max of scores
+    per_token = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    cumulative = F.binary_cross_entropy_with_logits(running, targets, reduction="none")
+    mixed = (1 - cummax_weight) * per_token + cummax_weight * cumulative
+    return (mixed * mask).sum() / mask.sum()
+
+
+def token_targets(example: ClassifierExample, token_ends: Sequence[int]) -> list[float]:
+    """What each answer token should predict: 0 throughout a benign answer; for a harmful one, 1 from the token where
+    harmful content starts (`harmful_from`), or from its first token when that is not known."""
+    if example.label == 0:
+        return [0.0] * len(token_ends)
+    start = example.harmful_from or 0
+    return [1.0 if end > start else 0.0 for end in token_ends]
+
+
+# ---- reading hidden states -------------------------------------------------------------------------------------
+
+
+def decoder_layers(model: Any) -> nn.ModuleList:
+    layers = getattr(model.get_decoder(), "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise InputError(
+            f"cannot find the decoder layers of {type(model).__name__}",
+            field="backbone",
+            hint="use a decoder-only model whose decoder keeps its blocks in `.layers` (Llama, Qwen, Gemma, ...)",
+        )
+    return layers
+
+
+def feature_module(model: Any, layer: int) -> nn.Module:
+    layers = decoder_layers(model)
+    if not -len(layers) <= layer < len(layers):
+        raise InputError(f"layer {layer} does not exist: the backbone has {len(layers)} layers", field="layer")
+    return layers[layer]
+
+
+def backbone_fingerprint(model: Any, layer: int) -> str:
+    """A hash of the feature layer's weights (in bf16, so any precision they load in agrees), telling whether a
+    model is the backbone a head was trained on."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(feature_module(model, layer).state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@contextmanager
+def captured(module: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """The outputs of `module` while the block runs, newest last (only the newest is kept)."""
+    seen: list[torch.Tensor] = []
+
+    def hook(_module, _inputs, output):
+        seen[:] = [output[0] if isinstance(output, tuple) else output]
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+# ---- the classifier ----------------------------------------------------------------------------------------------
+
+
+class StreamModel:
+    """A value head on a frozen backbone, behind the OutputClassifier protocol."""
+
+    def __init__(self, backbone: TransformersModel, head: ValueHead, layer: int, threshold: float):
+        self.lm = backbone
+        self.head = head.eval()
+        self.layer = layer
+        self.threshold = threshold
+        self.module = feature_module(backbone.model, layer)
+        self.fingerprint = backbone_fingerprint(backbone.model, layer)
+
+    # rendering: the prompt exactly as the transformers backend renders it for generation
+    def prefix_ids(self, conversation: Sequence[Message]) -> list[int]:
+        return self.lm.render(list(conversation))
+
+    def answer_tokens(self, answer: str) -> tuple[list[int], list[int]]:
+        """(token ids, character offset where each ends) of an answer; special-token strings read as text."""
+        encoded = self.lm.tokenizer(
+            answer, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True
+        )
+        return encoded["input_ids"], [end for _, end in encoded["offset_mapping"]]
+
+    @torch.inference_mode()
+    def features(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
+        """Per (prefix ids, answer ids), the feature-layer output at every answer token: (answer tokens, width).
+
+        Sequences are batched right-padded (causal attention never looks at later padding), similar lengths together.
+        """
+        out: list[torch.Tensor] = [torch.empty(0)] * len(pairs)
+        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+        pad = self.lm.tokenizer.pad_token_id
+        device = self.lm.model.device
+        for start in range(0, len(order), self.lm.batch_size):
+            rows = order[start : start + self.lm.batch_size]
+            sequences = [pairs[i][0] + pairs[i][1] for i in rows]
+            width = max(len(s) for s in sequences)
+            ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences], device=device)
+            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=device)
+            with captured(self.module) as seen:
+                self.lm.model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False)
+            for row, i in enumerate(rows):
+                prefix, answer = pairs[i]
+                out[i] = seen[0][row, len(prefix) : len(prefix) + len(answer)].float().cpu()
+        return out
+
+    @torch.inference_mode()
+    def token_scores(self, features: torch.Tensor) -> list[float]:
+        return torch.sigmoid(self.head(features)).tolist() if len(features) else []
+
+    def traces(self, examples: Sequence[ClassifierExample], max_tokens: int | None = None) -> list[AnswerTrace]:
+        """Every answer scored in one pass each (full re-scoring, batched): the per-token scores metrics read."""
+        tokens = [self.answer_tokens(_answer(e)) for e in examples]
+        if max_tokens is not None:
+            tokens = [(ids[:max_tokens], ends[:max_tokens]) for ids, ends in tokens]
+        pairs = [(self.prefix_ids(e.messages), ids) for e, (ids, _) in zip(examples, tokens, strict=True)]
+        return [
+            AnswerTrace(id=e.id, scores=self.token_scores(f), token_ends=ends)
+            for e, f, (_, ends) in zip(examples, self.features(pairs), tokens, strict=True)
+        ]
+
+    def start(self, conversation: Sequence[Message]) -> AnswerScorer:
+        return AnswerScorer(self, self.prefix_ids(conversation))
+
+    @contextmanager
+    def attached(self, policy: TransformersModel) -> Iterator[GenerationWatch]:
+        """A `watch` for `policy.generate(prompts, params, watch=...)` that reads the hidden states the generation
+        computes; `policy` must be this classifier's backbone (same weights), or the head would read foreign states.
+        """
+        if backbone_fingerprint(policy.model, self.layer) != self.fingerprint:
+            raise InputError(
+                f"the output classifier was trained on another model's hidden states than {policy.name}'s",
+                field="backbone",
+                hint="attach it only to the model it was trained on; score other models' answers with start()",
+            )
+        with captured(feature_module(policy.model, self.layer)) as seen:
+            yield GenerationWatch(self, policy, seen)
+
+
+def _answer(example: ClassifierExample) -> str:
+    if example.answer is None:
+        raise InputError(
+            f"example {example.id} has no answer for the output classifier to read",
+            field="answer",
+            hint="the output classifier trains and is evaluated on prompt + answer examples",
+        )
+    return example.answer
+
+
+class AnswerScorer:
+    """The running verdict on one answer: the conversation read once into a cache, then each push reads only the
+    tokens it adds.
+
+    The whole answer so far is re-tokenized at every push and the cache rolled back to where the new tokens start
+    (usually the last, unfinished word), so pieces cut anywhere score as the full answer would.
+    """
+
+    def __init__(self, classifier: StreamModel, prefix: list[int]):
+        from transformers import DynamicCache
+
+        self.classifier = classifier
+        self.cache = DynamicCache(config=classifier.lm.model.config)
+        self.prefix = len(prefix)
+        self.text = ""
+        self.ids: list[int] = []
+        self.scores: list[float] = []
+        self.peak = 0.0
+        self._read(prefix)
+
+    @torch.inference_mode()
+    def _read(self, ids: list[int]) -> torch.Tensor:
+        tensor = torch.tensor([ids], device=self.classifier.lm.model.device)
+        with captured(self.classifier.module) as seen:
+            self.classifier.lm.model.get_decoder()(input_ids=tensor, past_key_values=self.cache, use_cache=True)
+        return seen[0][0]
+
+    def push(self, text: str) -> Verdict:
+        self.text += text
+        ids, _ = self.classifier.answer_tokens(self.text)
+        keep = shared_length(self.ids, ids)
+        if keep < len(self.ids):
+            self.cache.crop(keep - len(self.ids))  # a negative count: the tokens to drop from the end
+            del self.ids[keep:], self.scores[keep:]
+        if keep < len(ids):
+            new = self.classifier.token_scores(self._read(ids[keep:]))
+            self.ids += ids[keep:]
+            self.scores += new
+            self.peak = max(self.peak, *new)  # a token re-read after a rollback never lowers the verdict
+        return Verdict(score=self.peak, flagged=self.peak > self.classifier.threshold)
+
+    @property
+    def tokens(self) -> int:
+        return len(self.ids)
+
+
+# ---- attached to generation ----------------------------------------------------------------------------------
+
+
+@dataclass
+class GuardedRow:
+    """What the classifier saw of one answer generated under it."""
+
+    scores: list[float] = field(default_factory=list)  # one per answer token read, in order
+    stopped_at: int | None = None  # answer tokens generated when the flag stopped it
+    ended: bool = False  # the answer ended (end of sequence, or a stop string): later steps are padding
+
+
+class StopWhenFlagged(StoppingCriteria):
+    """Stops each row of a generation batch once the running maximum of its answer's scores crosses the threshold."""
+
+    def __init__(self, watch: GenerationWatch, prompt_length: int, rows: list[GuardedRow]):
+        self.watch, self.prompt_length, self.rows = watch, prompt_length, rows
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        generated = input_ids.shape[1] - self.prompt_length
+        classifier = self.watch.classifier
+        # The last forward read answer token `generated - 2`; on the first call it read the prompt.
+        if generated >= 2:
+            with torch.inference_mode():
+                probabilities = torch.sigmoid(classifier.head(self.watch.seen[0][:, -1])).tolist()
+            read = input_ids[:, -2].tolist()
+            for row, p, token in zip(self.rows, probabilities, read, strict=True):
+                row.ended |= token in self.watch.end_tokens
+                if row.ended or row.stopped_at is not None:
+                    continue
+                row.scores.append(p)
+                if p > classifier.threshold:
+                    row.stopped_at = generated
+        return torch.tensor([row.stopped_at is not None for row in self.rows], device=input_ids.device)
+
+
+class GenerationWatch:
+    """The `watch` the transformers backend calls per batch: one StopWhenFlagged per batch, rows kept by prompt."""
+
+    def __init__(self, classifier: StreamModel, policy: TransformersModel, seen: list[torch.Tensor]):
+        self.classifier, self.seen = classifier, seen
+        eos = policy.model.generation_config.eos_token_id
+        self.end_tokens = {*(eos if isinstance(eos, list) else [eos]), policy.tokenizer.pad_token_id} - {None}
+        self.rows: dict[int, GuardedRow] = {}
+
+    def __call__(self, prompt_length: int, indices: list[int]) -> StopWhenFlagged:
+        return StopWhenFlagged(self, prompt_length, [self.rows.setdefault(i, GuardedRow()) for i in indices])
+
+
+class GuardedAnswer(BaseModel):
+    """An answer generated with the streaming classifier attached: where it stopped and the scores it saw."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    stopped_at: int | None = Field(description="Answer tokens generated when the flag stopped it; None if it ran on.")
+    scores: list[float] = Field(description="The head's score at each answer token read (the last one is never read).")
+    threshold: float
+
+
+def generate_guarded(
+    classifier: StreamModel, policy: TransformersModel, prompts: Sequence[Prompt], params: SamplingParams
+) -> list[GuardedAnswer]:
+    """Generate with the classifier attached: each answer stops where its running score crosses the threshold."""
+    with classifier.attached(policy) as watch:
+        texts = policy.generate(prompts, params, watch=watch)
+    return [
+        GuardedAnswer(
+            text=text,
+            stopped_at=watch.rows[i].stopped_at,
+            scores=watch.rows[i].scores,
+            threshold=classifier.threshold,
+        )
+        for i, text in enumerate(texts)
+    ]
+
+
+# ---- training ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainedStream:
+    classifier: StreamModel
+    summary: TrainingSummary
+
+
+def load_backbone(settings: StreamClassifierSettings) -> TransformersModel:
+    from constitutional.models import ModelSpec, load_model
+
+    model = load_model(ModelSpec(name=settings.backbone, dtype=settings.dtype))
+    if not isinstance(model, TransformersModel):
+        raise InputError("the output classifier needs a transformers backbone", field="backbone")
+    return model
+
+
+def _fit_head(head: ValueHead, features: list[torch.Tensor], targets: list[list[float]], settings) -> list[float]:
+    """Adam on the head alone over cached features; returns the mean loss of each epoch."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    usable = [i for i, f in enumerate(features) if len(f)]
+    losses = []
+    head.train()
+    for _ in range(settings.epochs):
+        order = [usable[i] for i in torch.randperm(len(usable), generator=generator).tolist()]
+        total = 0.0
+        for start in range(0, len(order), settings.batch_size):
+            batch = order[start : start + settings.batch_size]
+            padded = nn.utils.rnn.pad_sequence([features[i] for i in batch], batch_first=True)
+            target = nn.utils.rnn.pad_sequence([torch.tensor(targets[i]) for i in batch], batch_first=True)
+            mask = nn.utils.rnn.pad_sequence([torch.ones(len(features[i])) for i in batch], batch_first=True)
+            # Padding sits after each answer, so it never enters the running maximum of a real token.
+            loss = stream_loss(head(padded), target, mask, settings.cummax_weight)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+        losses.append(total / max(1, len(order)))
+    head.eval()
+    return losses
+
+
+def train_stream_classifier(
+    examples: Sequence[ClassifierExample],
+    settings: StreamClassifierSettings,
+    backbone: TransformersModel | None = None,
+) -> TrainedStream:
+    """Read every answer through the frozen backbone once, fit the head on the cached hidden states, then calibrate
+    the threshold on the benign answers of the calibration split (their peak score, as the stream would act on it).
+
+    `backbone` reuses an already loaded model (the policy); by default `settings.backbone` is loaded.
+    """
+    started = time.perf_counter()
+    train, calibration, contested = training_split(examples)
+    lm = backbone or load_backbone(settings)
+    torch.manual_seed(settings.seed)
+    width = lm.model.config.hidden_size
+    classifier = StreamModel(lm, ValueHead(width, settings.head_hidden), settings.layer, threshold=0.5)
+    tokens = [classifier.answer_tokens(_answer(e)) for e in train]
+    tokens = [(ids[: settings.max_answer_tokens], ends[: settings.max_answer_tokens]) for ids, ends in tokens]
+    pairs = [(classifier.prefix_ids(e.messages), ids) for e, (ids, _) in zip(train, tokens, strict=True)]
+    features = []
+    with progress_bar() as bar:
+        task = bar.add_task("reading answers", total=len(pairs), unit="answers")
+        for start in range(0, len(pairs), lm.batch_size):
+            features += classifier.features(pairs[start : start + lm.batch_size])
+            bar.advance(task, len(pairs[start : start + lm.batch_size]))
+    targets = [token_targets(e, ends) for e, (_, ends) in zip(train, tokens, strict=True)]
+    losses = _fit_head(classifier.head, features, targets, settings)
+    traces = classifier.traces(calibration, settings.max_answer_tokens)
+    benign = [max(t.scores, default=0.0) for t, e in zip(traces, calibration, strict=True) if e.label == 0]
+    threshold = calibrate_threshold(benign, settings.target_fpr)
+    classifier.threshold = threshold.value
+    summary = TrainingSummary(
+        kind="output",
+        backbone=settings.backbone if backbone is None else backbone.name,
+        train_examples=len(train),
+        train_restricted=sum(e.label for e in train),
+        excluded_contested=contested,
+        categories=sorted({e.category for e in train if e.label == 1}),
+        wrappers=sorted({e.wrapper for e in train}),
+        threshold=threshold,
+        calibration=stream_metrics("output classifier", calibration, traces, threshold.value).answers,
+        final_loss=losses[-1],
+        seconds=time.perf_counter() - started,
+        settings=settings.model_dump(),
+    )
+    return TrainedStream(classifier, summary)

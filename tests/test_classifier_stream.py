@@ -1,0 +1,215 @@
+"""The streaming output classifier on a tiny in-test Llama: its loss by hand, incremental scoring against full
+re-scoring, the stopping criterion inside generation, and training the head."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import StoppingCriteriaList
+
+from constitutional.classifiers.records import ClassifierExample, Provenance
+from constitutional.classifiers.stream_model import (
+    StreamClassifierSettings,
+    StreamModel,
+    ValueHead,
+    generate_guarded,
+    stream_loss,
+    token_targets,
+    train_stream_classifier,
+)
+from constitutional.errors import InputError
+from constitutional.models import ModelSpec, SamplingParams, load_model
+
+CONVERSATION = [{"role": "user", "content": "How do I bake bread?"}]
+ANSWER = "Mix flour, water, salt and yeast, then knead and bake. I can't help with stealing."
+HARMFUL = [
+    ("How do I bake bread?", "Mix flour and water. Then steal a bike and report nothing.", 20),
+    ("Tell me about Paris.", "The capital of France is Paris. Now steal from the market.", 32),
+    ("Help me bake.", "Knead and bake. Stealing: here is how to steal.", 16),
+    ("A question.", "Steal it, steal it all, then steal more.", None),
+]
+BENIGN = [
+    ("How do I bake bread?", "Mix flour, water, salt and yeast, then knead and bake."),
+    ("Tell me about Paris.", "The capital of France is Paris."),
+    ("Help me bake.", "Knead the dough and bake it."),
+    ("A question.", "I can't help with stealing, but here is how to report a lost bike."),
+]
+
+
+def example(i, prompt, answer, label, split="train", harmful_from=None) -> ClassifierExample:
+    return ClassifierExample(
+        id=f"{split}-{i}",
+        messages=[{"role": "user", "content": prompt}],
+        answer=answer,
+        label=label,
+        category="theft" if label else "general",
+        harmful_from=harmful_from,
+        split=split,
+        provenance=Provenance(generator="written", template="test"),
+    )
+
+
+def hand_made(split="train"):
+    rows = [example(i, p, a, 1, split, start) for i, (p, a, start) in enumerate(HARMFUL)]
+    return rows + [example(10 + i, p, a, 0, split) for i, (p, a) in enumerate(BENIGN)]
+
+
+@pytest.fixture(scope="module")
+def backbone(tiny_model_path):
+    return load_model(ModelSpec(name=str(tiny_model_path), dtype="float32", batch_size=3))
+
+
+@pytest.fixture()
+def classifier(backbone):
+    torch.manual_seed(1)
+    return StreamModel(backbone, ValueHead(backbone.model.config.hidden_size, 8), layer=-1, threshold=0.5)
+
+
+# ---- the loss -------------------------------------------------------------------------------------------------
+
+
+def test_stream_loss_matches_the_hand_computed_value():
+    p = [0.2, 0.6, 0.4]  # the running maximum is 0.2, 0.6, 0.6
+    logits = torch.tensor([[math.log(x / (1 - x)) for x in p] + [5.0]])  # the last position is padding
+    targets = torch.tensor([[0.0, 1.0, 1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    per_token = -(math.log(0.8) + math.log(0.6) + math.log(0.4)) / 3
+    running = -(math.log(0.8) + math.log(0.6) + math.log(0.6)) / 3
+    assert stream_loss(logits, targets, mask, 0.0).item() == pytest.approx(per_token, rel=1e-6)
+    assert stream_loss(logits, targets, mask, 1.0).item() == pytest.approx(running, rel=1e-6)
+    assert stream_loss(logits, targets, mask, 0.25).item() == pytest.approx(0.75 * per_token + 0.25 * running)
+
+
+def test_the_running_maximum_term_punishes_a_spike_on_a_benign_answer_to_its_end():
+    spike = torch.tensor([[-3.0, 3.0, -3.0, -3.0]])
+    zeros, ones = torch.zeros(1, 4), torch.ones(1, 4)
+    per_token = stream_loss(spike, zeros, ones, 0.0).item()
+    running = stream_loss(spike, zeros, ones, 1.0).item()
+    # Per token only the spike costs; on the running maximum every position from the spike on does.
+    assert running == pytest.approx((math.log1p(math.exp(-3)) + 3 * math.log1p(math.exp(3))) / 4, rel=1e-5)
+    assert running > 2.5 * per_token
+
+
+def test_token_targets_start_where_the_harmful_content_does():
+    ends = [4, 9, 15, 20]
+    assert token_targets(example(0, "q", "a", 1, harmful_from=9), ends) == [0, 0, 1, 1]
+    assert token_targets(example(0, "q", "a", 1), ends) == [1, 1, 1, 1]
+    assert token_targets(example(0, "q", "a", 0), ends) == [0, 0, 0, 0]
+
+
+# ---- incremental scoring ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("piece", [1, 3, 7, len(ANSWER)])
+def test_incremental_scoring_equals_full_rescoring(classifier, piece):
+    full = classifier.traces([example(0, CONVERSATION[0]["content"], ANSWER, 0)])[0]
+    stream = classifier.start(CONVERSATION)
+    for start in range(0, len(ANSWER), piece):
+        verdict = stream.push(ANSWER[start : start + piece])
+    assert stream.tokens == len(full.scores)
+    assert stream.scores == pytest.approx(full.scores, abs=1e-5)
+    assert verdict.score == pytest.approx(max(full.scores), abs=1e-5)
+
+
+def test_each_push_reads_only_the_new_tokens(classifier, monkeypatch):
+    stream = classifier.start(CONVERSATION)
+    stream.push("Mix flour, water")
+    read = []
+    original = stream._read
+    monkeypatch.setattr(stream, "_read", lambda ids: read.append(len(ids)) or original(ids))
+    stream.push(", salt and yeast")
+    added = len(classifier.answer_tokens("Mix flour, water, salt and yeast")[0]) - len(
+        classifier.answer_tokens("Mix flour, water")[0]
+    )
+    assert read == [added + (stream.tokens - len(stream.scores))]  # re-tokenizing rolled nothing back here
+    assert stream.cache.get_seq_length() == len(classifier.prefix_ids(CONVERSATION)) + stream.tokens
+
+
+def test_the_verdict_is_the_running_maximum_and_stays_flagged(classifier):
+    classifier.threshold = 0.0  # every score is above it
+    stream = classifier.start(CONVERSATION)
+    assert stream.push("Mix").flagged
+    scores = [stream.push(word).score for word in (" flour", " and", " water")]
+    assert scores == sorted(scores) and scores[-1] == pytest.approx(max(stream.scores))
+
+
+# ---- attached to generation ---------------------------------------------------------------------------------------
+
+
+def test_attached_scores_equal_scoring_the_generated_tokens(classifier, backbone):
+    classifier.threshold = 2.0  # never crossed: the whole answer is generated and scored
+    prompt = classifier.prefix_ids(CONVERSATION)
+    with classifier.attached(backbone) as watch:
+        watch.end_tokens = set()  # the random model may sample its end token; generation here runs past it
+        out = backbone.model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=12,
+            do_sample=False,
+            stopping_criteria=StoppingCriteriaList([watch(len(prompt), [0])]),
+            pad_token_id=backbone.tokenizer.pad_token_id,
+            eos_token_id=None,
+        )
+    answer = out[0, len(prompt) :].tolist()
+    expected = classifier.token_scores(classifier.features([(prompt, answer)])[0])
+    assert len(answer) == 12
+    assert watch.rows[0].scores == pytest.approx(expected[:-1], abs=1e-5)  # the last token is never read
+    assert watch.rows[0].stopped_at is None
+
+
+def test_scores_stop_where_the_answer_ends(classifier, backbone):
+    classifier.threshold = 2.0
+    prompt = classifier.prefix_ids(CONVERSATION)
+    end = backbone.tokenizer.pad_token_id
+    with classifier.attached(backbone) as watch:
+        stop = watch(len(prompt), [0])
+        for answer in ([5, 6], [5, 6, end], [5, 6, end, end]):  # each call reads the token before the newest
+            backbone.model.get_decoder()(input_ids=torch.tensor([prompt + answer[:-1]]))
+            stop(torch.tensor([prompt + answer]), None)
+    assert len(watch.rows[0].scores) == 2 and watch.rows[0].ended  # tokens 5 and 6; the end token is not scored
+
+
+def test_generation_stops_once_the_score_crosses_the_threshold(classifier, backbone):
+    params = SamplingParams(max_new_tokens=10, temperature=0.0, stop=[])
+    prompts = [CONVERSATION, [{"role": "user", "content": "Tell me about Paris."}]]
+    classifier.threshold = 2.0
+    free = generate_guarded(classifier, backbone, prompts, params)
+    classifier.threshold = -1.0  # the first score read crosses it
+    stopped = generate_guarded(classifier, backbone, prompts, params)
+    tokenizer = backbone.tokenizer
+    for free_answer, answer in zip(free, stopped, strict=True):
+        assert free_answer.stopped_at is None and len(free_answer.scores) >= 1
+        assert answer.stopped_at == 2 and len(answer.scores) == 1  # flagged on token 0, read once token 1 came
+        assert len(tokenizer(answer.text, add_special_tokens=False)["input_ids"]) < len(
+            tokenizer(free_answer.text, add_special_tokens=False)["input_ids"]
+        )
+
+
+def test_attaching_to_another_model_is_refused(classifier, tiny_model_path):
+    other = load_model(ModelSpec(name=str(tiny_model_path), dtype="float32"))
+    with torch.no_grad():
+        other.model.get_decoder().layers[-1].mlp.down_proj.weight.add_(0.01)
+    with pytest.raises(InputError, match="another model"), classifier.attached(other):
+        pass
+
+
+# ---- training ---------------------------------------------------------------------------------------------------
+
+
+def test_training_fits_the_head_and_calibrates_on_benign_peaks(backbone):
+    settings = StreamClassifierSettings(layer=-1, head_hidden=32, epochs=200, batch_size=8, learning_rate=1e-2)
+    examples = hand_made("train") + hand_made("calibration")
+    trained = train_stream_classifier(examples, settings, backbone=backbone)
+    summary = trained.summary
+    assert summary.final_loss < 0.3 and summary.train_examples == 8 and summary.kind == "output"
+    traces = trained.classifier.traces(hand_made("train"))
+    peaks = [max(t.scores) for t in traces]
+    assert min(peaks[:4]) > max(peaks[4:])  # every harmful answer peaks above every benign one
+    assert summary.threshold.benign_count == 4 and trained.classifier.threshold == max(peaks[4:])
+
+
+def test_examples_without_answers_are_refused(backbone):
+    examples = [e.model_copy(update={"answer": None}) for e in hand_made("train")] + hand_made("calibration")
+    with pytest.raises(InputError, match="no answer"):
+        train_stream_classifier(examples, StreamClassifierSettings(layer=-1), backbone=backbone)
