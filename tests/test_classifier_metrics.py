@@ -140,3 +140,42 @@ def test_stream_latency_counts_tokens_to_the_flag_and_from_the_harmful_start():
 def test_a_harmful_start_past_the_last_token_maps_to_the_last_token():
     trace = AnswerTrace(id="x", scores=[0.1, 0.2], token_ends=[3, 7])
     assert trace.token_at(0) == 0 and trace.token_at(3) == 1 and trace.token_at(50) == 1
+
+
+# ---- report fragments -----------------------------------------------------------------------------------------
+
+
+def two_classifiers():
+    examples = [example(i, 1, "weapons", wrapper="roleplay" if i % 2 else "plain") for i in range(6)]
+    examples += [example(10 + i, 0, "history" if i % 2 else "general") for i in range(6)]
+    good = [0.9, 0.8, 0.7, 0.95, 0.6, 0.85, 0.1, 0.2, 0.3, 0.05, 0.4, 0.7]  # 6 restricted, then 6 benign
+    weak = [0.5, 0.2, 0.7, 0.4, 0.6, 0.1, 0.3, 0.6, 0.2, 0.5, 0.4, 0.1]
+    return [
+        classifier_metrics("trained <b>", examples, good, 0.5, held_out_wrappers=["roleplay"]),
+        classifier_metrics("keywords", examples, weak, 0.45, held_out_wrappers=["roleplay"]),
+    ]
+
+
+def test_curves_are_inline_svg_with_every_classifier():
+    from constitutional.classifiers.curves import curves_figure
+
+    fragment = curves_figure(two_classifiers(), "Input classifiers on the evaluation set")
+    assert fragment.startswith('<figure class="plot"><svg') and "<?xml" not in fragment
+    assert "trained &lt;b&gt; (AUROC" in fragment and "keywords (AUPRC" in fragment
+    assert curves_figure(two_classifiers(), "again").split("<svg", 1)[1] == fragment.split("<svg", 1)[1].replace(
+        "Input classifiers on the evaluation set", "again"
+    )  # deterministic: the same page for the same figures
+
+
+def test_tables_show_each_category_and_wrapper_per_classifier():
+    from constitutional.classifiers.curves import category_table, summary_table, wrapper_table
+
+    metrics = two_classifiers()
+    categories = category_table(metrics)
+    # weapons: the trained one flags 6/6 above 0.5, keywords 3/6 above 0.45; history (benign): 1/3 and 2/3.
+    cells = '<td class="num">{}</td><td class="num">{}</td><td class="num">{}</td>'
+    assert "<td>weapons</td><td>restricted: recall</td>" + cells.format(6, "100.0%", "50.0%") in categories
+    assert "<td>history</td><td>benign: FPR</td>" + cells.format(3, "33.3%", "66.7%") in categories
+    assert "roleplay (held out)" in wrapper_table(metrics)
+    summary = summary_table(metrics)
+    assert summary.count("<tr>") == 3 and "trained &lt;b&gt;" in summary
