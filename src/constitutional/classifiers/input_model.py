@@ -22,39 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from constitutional.classifiers.metrics import ClassifierMetrics, classifier_metrics
 from constitutional.classifiers.records import ClassifierExample
 from constitutional.classifiers.screening import Verdict
-from constitutional.classifiers.thresholds import DEFAULT_TARGET_FPR, Threshold, calibrate_threshold
+from constitutional.classifiers.settings import InputClassifierSettings
+from constitutional.classifiers.thresholds import Threshold, calibrate_threshold
 from constitutional.errors import InputError
 from constitutional.models.base import Message
 from constitutional.models.sentence import MINILM_NAME
 
 PERMITTED = "permitted"  # class 0 of the head: everything that is not restricted
 _SPEAKERS = {"user": "User", "assistant": "Assistant", "system": "System"}
-
-
-class InputClassifierSettings(BaseModel):
-    """Fine-tuning the input classifier. The defaults train a few thousand short conversations in minutes on a CPU."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    backbone: str = Field(
-        default=MINILM_NAME, description=f"Encoder under the head: '{MINILM_NAME}' (embedded) or a local model folder."
-    )
-    max_length: int = Field(
-        default=256,
-        ge=16,
-        description="Tokens read per conversation; longer ones lose their beginning, so the last request is kept "
-        "(MiniLM was trained on pieces of at most 256 tokens).",
-    )
-    epochs: float = Field(default=3.0, gt=0)
-    batch_size: int = Field(default=16, ge=1)
-    learning_rate: float = Field(default=5e-5, gt=0, description="Full fine-tuning: the encoder is small.")
-    weight_decay: float = Field(default=0.01, ge=0)
-    warmup: float = Field(default=0.1, ge=0, lt=1, description="Share of the steps with a rising learning rate.")
-    checkpoint_steps: int = Field(default=100, ge=1, description="Resumable checkpoint every N optimizer steps.")
-    target_fpr: float = Field(
-        default=DEFAULT_TARGET_FPR, gt=0, lt=1, description="False-positive rate the threshold is calibrated to."
-    )
-    seed: int = 0
 
 
 def conversation_text(messages: Sequence[Message]) -> str:

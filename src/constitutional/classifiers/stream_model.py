@@ -30,41 +30,13 @@ from constitutional.classifiers.input_model import TrainingSummary, training_spl
 from constitutional.classifiers.metrics import AnswerTrace, stream_metrics
 from constitutional.classifiers.records import ClassifierExample
 from constitutional.classifiers.screening import Verdict
-from constitutional.classifiers.thresholds import DEFAULT_TARGET_FPR, calibrate_threshold
+from constitutional.classifiers.settings import StreamClassifierSettings
+from constitutional.classifiers.thresholds import calibrate_threshold
 from constitutional.errors import InputError
 from constitutional.models.base import Message, Prompt, SamplingParams
 from constitutional.models.hf import TransformersModel
 from constitutional.models.prefix import shared_length
 from constitutional.progress import progress_bar
-
-
-class StreamClassifierSettings(BaseModel):
-    """Training the value head of the streaming output classifier on a frozen backbone."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    backbone: str = Field(
-        default="smollm2-135m-instruct",
-        description="Causal LM whose hidden states the head reads; attach the classifier to this same model "
-        "when it generates, and the classifier costs only its head.",
-    )
-    dtype: str = Field(default="auto", description="Backbone precision: auto (bf16 on CPU), float32, bfloat16.")
-    layer: int = Field(default=-1, description="Decoder layer whose output the head reads; negative from the end.")
-    head_hidden: int = Field(default=0, ge=0, description="Hidden units of the head; 0 for a linear probe.")
-    cummax_weight: float = Field(
-        default=0.5,
-        ge=0,
-        le=1,
-        description="Share of the loss on the running maximum of the scores (the rest: per-token prediction).",
-    )
-    max_answer_tokens: int = Field(default=256, ge=1, description="Answer tokens read per training example.")
-    epochs: int = Field(default=30, ge=1, description="Passes over the cached hidden states (cheap: head only).")
-    batch_size: int = Field(default=32, ge=1, description="Answers per head-training step.")
-    learning_rate: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.01, ge=0)
-    target_fpr: float = Field(default=DEFAULT_TARGET_FPR, gt=0, lt=1)
-    seed: int = 0
-
 
 # ---- the head and its loss -------------------------------------------------------------------------------------
 
