@@ -1,6 +1,6 @@
 """Classifier calls for the server, off the event loop: they are CPU-bound torch work, and 100 streams must not wait
-on one another's forward passes. Input screening is batched across concurrent requests; output pieces are scored
-per upstream read (whatever arrived together is scored in one call)."""
+on one another's forward passes. Input screening is batched across concurrent requests; the output pieces all
+streams bring in one turn of the event loop are scored in one pool job."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from constitutional.classifiers.screening import InputClassifier, OutputClassifier, Verdict
 from constitutional.guard.gate import OutputGate, Payload, Piece
@@ -23,6 +23,21 @@ class ClassifierError(Exception):
     def __init__(self, stage: str, cause: BaseException):
         super().__init__(f"the {stage} classifier failed ({type(cause).__name__}: {cause})")
         self.stage = stage
+
+
+@dataclass
+class _Job:
+    """Pieces of one stream waiting for its gate to score them."""
+
+    gate: OutputGate
+    pieces: Sequence[Piece]
+    future: asyncio.Future
+    released: list = field(default_factory=list)
+
+
+def _score_all(jobs: list[_Job]) -> None:
+    for job in jobs:
+        job.released = job.gate.score(job.pieces)  # a classifier error stays in the gate, for that stream alone
 
 
 @dataclass
@@ -46,6 +61,7 @@ class Classifiers:
         self.pool = ThreadPoolExecutor(settings.classifier_threads, thread_name_prefix="guard-classifier")
         self._queue: asyncio.Queue[_Waiting] | None = None
         self._worker: asyncio.Task | None = None
+        self._pending: list[_Job] = []  # output scoring asked for in this turn of the event loop
 
     async def screen(self, conversations: list[list[Message]]) -> list[Verdict]:
         """One verdict per conversation. Requests arriving while a batch is being scored join the next batch, so
@@ -101,16 +117,38 @@ class Classifiers:
 
     async def score(self, gate: OutputGate, pieces: Sequence[Piece[Payload]]) -> list[Payload]:
         """Score pieces in a pool thread; the payloads safe to send now. A classifier error is left in
-        `gate.error` (and counted) for the caller's fail-open or fail-closed policy."""
+        `gate.error` (and counted) for the caller's fail-open or fail-closed policy.
+
+        The pieces every stream brings in one turn of the event loop go to the pool as one job: waking a thread
+        costs about as much as a keyword classifier's whole push, and 100 streams would wake one per token each.
+        """
         if gate.classifier is None or not any(text for piece in pieces for text in piece.texts.values()):
             return gate.score(pieces)  # nothing to score: no thread hop
+        loop = asyncio.get_running_loop()
+        job = _Job(gate, pieces, loop.create_future())
+        if not self._pending:
+            loop.call_soon(self._dispatch, loop)
+        self._pending.append(job)
+        return await job.future
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        jobs, self._pending = self._pending, []
         started = time.perf_counter()
-        released = await asyncio.get_running_loop().run_in_executor(self.pool, gate.score, pieces)
-        if gate.error is not None:
-            self.metrics.classifier_errors.labels("output").inc()
-        else:
-            self.metrics.classifier_seconds.labels("output").observe(time.perf_counter() - started)
-        return released
+        done = loop.run_in_executor(self.pool, _score_all, jobs)
+        done.add_done_callback(lambda outcome: self._deliver(jobs, outcome, time.perf_counter() - started))
+
+    def _deliver(self, jobs: list[_Job], outcome: asyncio.Future, seconds: float) -> None:
+        self.metrics.classifier_seconds.labels("output").observe(seconds)
+        failure = None if outcome.cancelled() else outcome.exception()  # the gate keeps classifier errors: a bug
+        for job in jobs:
+            if job.gate.error is not None:
+                self.metrics.classifier_errors.labels("output").inc()
+            if job.future.done():  # cancelled: its client left
+                continue
+            if failure is not None or outcome.cancelled():
+                job.future.set_exception(failure or asyncio.CancelledError())
+            else:
+                job.future.set_result(job.released)
 
     async def close(self) -> None:
         if self._worker is not None:

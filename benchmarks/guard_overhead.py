@@ -1,0 +1,137 @@
+"""Tokens/s and time to first token of one model server, called directly and through the guard.
+
+The upstream is llama-cpp-python's OpenAI-compatible server with the embedded SmolLM2 (or `--upstream URL`); the
+guard runs in its own process in front of it with its default settings (hold-back 8 tokens), with trained
+classifiers (`--classifiers DIR`, through `cai guard serve`) or keyword classifiers. Both arms send the same
+prompts (the first built-in helpful prompts) with the same settings (greedy, `--max-tokens`) as streamed chat
+requests, at concurrency 1 and 8, one run each, direct first. Tokens are the content chunks received (llama.cpp
+sends one token per chunk; greedy decoding makes both arms' answers the same); tokens/s is all tokens received
+over the wall time of all requests at that concurrency; time to first token is from sending a request to its first
+content chunk. The last line is the guard's tokens/s overhead at concurrency 8.
+
+    .venv/bin/python benchmarks/guard_overhead.py                     # 16 prompts, 64 tokens each
+    .venv/bin/python benchmarks/guard_overhead.py --classifiers runs/classifiers/model
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import socket
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2
+from guard_processes import guard_server, llama_server, running
+from rich.console import Console
+from rich.table import Table
+
+from constitutional.sources import load_prompts
+
+
+@dataclass
+class Arm:
+    name: str
+    concurrency: int
+    tokens: int
+    seconds: float
+    first_token: list[float]
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def one_request(client: httpx2.AsyncClient, base: str, prompt: str, max_tokens: int) -> tuple[int, float]:
+    """Tokens received and the time to the first one, for one streamed chat request."""
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": prompt}], "stream": True,
+            "temperature": 0, "max_tokens": max_tokens}  # fmt: skip
+    started = time.perf_counter()
+    first, tokens = None, 0
+    async with client.stream("POST", f"{base}/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                raise RuntimeError(event["error"]["message"])
+            if any((choice.get("delta") or {}).get("content") for choice in event["choices"]):
+                tokens += 1
+                first = first if first is not None else time.perf_counter() - started
+    return tokens, first or 0.0
+
+
+async def run_arm(name: str, base: str, prompts: list[str], concurrency: int, max_tokens: int) -> Arm:
+    limit = asyncio.Semaphore(concurrency)
+
+    async def limited(client, prompt):
+        async with limit:
+            return await one_request(client, base, prompt, max_tokens)
+
+    async with httpx2.AsyncClient(timeout=600, limits=httpx2.Limits(max_connections=concurrency)) as client:
+        await one_request(client, base, prompts[0], 4)  # warm-up: connections, the server's first-call costs
+        started = time.perf_counter()
+        results = await asyncio.gather(*(limited(client, prompt) for prompt in prompts))
+        seconds = time.perf_counter() - started
+    return Arm(name, concurrency, sum(t for t, _ in results), seconds, [f for _, f in results])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--upstream", help="an OpenAI-compatible base URL (default: start llama-cpp-python's server)")
+    parser.add_argument(
+        "--classifiers", type=Path, help="trained classifiers for `cai guard serve` (default: keywords)"
+    )
+    parser.add_argument("--hold-back", type=int, default=8)
+    args = parser.parse_args()
+    prompts = [record.messages[-1]["content"] for record in load_prompts("builtin:helpful")[0][: args.prompts]]
+    scratch = Path(tempfile.mkdtemp(prefix="guard-overhead-"))
+    with contextlib.ExitStack() as stack:
+        upstream = args.upstream
+        if upstream is None:
+            port = free_port()
+            upstream = f"http://127.0.0.1:{port}/v1"
+            stack.enter_context(running(llama_server(port), f"{upstream}/models", scratch / "llama.log"))
+        guard_port = free_port()
+        command = guard_server(guard_port, upstream, args.classifiers, scratch / "audit.jsonl", args.hold_back)
+        guarded = f"http://127.0.0.1:{guard_port}/v1"
+        stack.enter_context(running(command, f"http://127.0.0.1:{guard_port}/health", scratch / "guard.log"))
+        arms = []
+        for concurrency in (1, 8):
+            for name, base in (("direct", upstream), ("guard", guarded)):
+                arms.append(asyncio.run(run_arm(name, base, prompts, concurrency, args.max_tokens)))
+    show(arms, args)
+
+
+def show(arms: list[Arm], args) -> None:
+    classifiers = f"classifiers {args.classifiers}" if args.classifiers else "keyword classifiers"
+    table = Table("arm", "concurrency", "tokens", "seconds", "tokens/s", "TTFT median (ms)", "TTFT p90 (ms)",
+                  title=f"{len(arms[0].first_token)} prompts x {args.max_tokens} tokens, hold-back {args.hold_back}, "
+                  f"{classifiers}")  # fmt: skip
+    for arm in arms:
+        ttft = sorted(arm.first_token)
+        table.add_row(arm.name, str(arm.concurrency), str(arm.tokens), f"{arm.seconds:.2f}",
+                      f"{arm.tokens_per_second:.1f}", f"{statistics.median(ttft) * 1000:.0f}",
+                      f"{ttft[int(0.9 * (len(ttft) - 1))] * 1000:.0f}")  # fmt: skip
+    console = Console()
+    console.print(table)
+    direct, guard = (next(a for a in arms if a.name == name and a.concurrency == 8) for name in ("direct", "guard"))
+    console.print(f"overhead: {(1 - guard.tokens_per_second / direct.tokens_per_second) * 100:.1f}%")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The servers the guard benchmarks run, each in its own process as in a deployment: llama-cpp-python's server with
+the embedded SmolLM2, a scripted upstream that streams fixed text, and the guard (with trained classifiers through
+`cai guard serve --classifiers DIR`, or keyword classifiers when none are given).
+
+Run as a script, it serves one of the last two (the benchmarks start it so):
+
+    .venv/bin/python benchmarks/guard_processes.py upstream --port 9001 --words 64 --token-delay 0.01
+    .venv/bin/python benchmarks/guard_processes.py guard --port 9002 --upstream http://127.0.0.1:9001/v1
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+
+# The intended blocks of the load test: a request naming the input keyword is refused at input; the "halts" script
+# says the output keyword half-way through its answer.
+INPUT_KEYWORDS = {"nerve agent": "chemical"}
+OUTPUT_KEYWORDS = {"anthrax": "biological"}
+
+
+def fixed_words(count: int) -> list[str]:
+    return [f"word{i} " for i in range(count)]
+
+
+@contextlib.contextmanager
+def running(command: list[str], ready_url: str, log_path: Path, timeout: float = 120.0) -> Iterator[subprocess.Popen]:
+    """Start a server process, wait until `ready_url` answers 200, stop it at the end."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command[:4]} exited with {process.returncode}:\n{log_path.read_text()[-2000:]}")
+            try:
+                if httpx2.get(ready_url, timeout=2).status_code == 200:
+                    break
+            except httpx2.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{command[:4]} not ready after {timeout} s")
+            time.sleep(0.3)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def llama_server(port: int) -> list[str]:
+    from constitutional.models.embedded import gguf_file
+
+    model = str(gguf_file("smollm2-135m-instruct"))
+    # Its default, interrupt_requests=true, cuts a streaming answer off when the next request arrives: concurrent
+    # clients need it off (requests then wait their turn).
+    return [sys.executable, "-m", "llama_cpp.server", "--model", model, "--host", "127.0.0.1", "--port", str(port),
+            "--n_ctx", "2048", "--verbose", "false", "--interrupt_requests", "false"]  # fmt: skip
+
+
+def guard_server(port: int, upstream: str, classifiers: Path | None, audit_log: Path, hold_back: int) -> list[str]:
+    options = [
+        "--port",
+        str(port),
+        "--upstream",
+        upstream,
+        "--audit-log",
+        str(audit_log),
+        "--hold-back",
+        str(hold_back),
+    ]
+    if classifiers is not None:
+        return [
+            sys.executable,
+            "-m",
+            "constitutional.cli",
+            "guard",
+            "serve",
+            "--classifiers",
+            str(classifiers),
+            *options,
+        ]
+    return [sys.executable, __file__, "guard", *options]
+
+
+def scripted_server(port: int, words: int, token_delay: float) -> list[str]:
+    return [sys.executable, __file__, "upstream", "--port", str(port), "--words", str(words),
+            "--token-delay", str(token_delay)]  # fmt: skip
+
+
+def _serve_upstream(args) -> None:
+    import uvicorn
+
+    from constitutional.guard.testing import Script, scripted_upstream
+
+    words = fixed_words(args.words)
+    halts = [*words[: args.words // 2], "anthrax ", *words[args.words // 2 :]]
+    scripts = {"fixed": Script(words, delay=args.token_delay), "halts": Script(halts, delay=args.token_delay)}
+    app, _ = scripted_upstream(scripts)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", backlog=4096)
+
+
+def _serve_keyword_guard(args) -> None:
+    import uvicorn
+
+    from constitutional.guard.server import create_app
+    from constitutional.guard.settings import GuardSettings
+    from constitutional.guard.testing import KeywordInputClassifier, KeywordOutputClassifier
+
+    settings = GuardSettings(upstream=args.upstream, audit_log=args.audit_log, hold_back_tokens=args.hold_back)
+    app = create_app(settings, KeywordInputClassifier(INPUT_KEYWORDS), KeywordOutputClassifier(OUTPUT_KEYWORDS))
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", backlog=4096)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="server", required=True)
+    upstream = sub.add_parser("upstream", help="the scripted upstream: fixed text, one word per chunk")
+    upstream.add_argument("--port", type=int, required=True)
+    upstream.add_argument("--words", type=int, default=64)
+    upstream.add_argument("--token-delay", type=float, default=0.0, help="seconds between chunks")
+    guard = sub.add_parser("guard", help="the guard with keyword classifiers")
+    guard.add_argument("--port", type=int, required=True)
+    guard.add_argument("--upstream", required=True)
+    guard.add_argument("--audit-log", type=Path, required=True)
+    guard.add_argument("--hold-back", type=int, default=8)
+    args = parser.parse_args()
+    (_serve_upstream if args.server == "upstream" else _serve_keyword_guard)(args)
+
+
+if __name__ == "__main__":
+    main()
