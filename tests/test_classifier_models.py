@@ -347,3 +347,19 @@ def test_policy_judge_on_a_tiny_model_scores_p_yes_from_one_scoring_pass(tiny_mo
     yes, no = model.choice_logprobs(judge.prompts([conversation]), ["Yes", "No"])[0]
     assert verdict.score == pytest.approx(math.exp(yes) / (math.exp(yes) + math.exp(no)), rel=1e-5)
     assert 0.0 < verdict.score < 1.0
+
+
+@pytest.mark.slow
+def test_minilm_input_classifier_trains_saves_and_loads_offline(tmp_path, no_network):
+    from constitutional.classifiers.saved import load_input_classifier, save_input_classifier
+
+    settings = InputClassifierSettings(epochs=10, batch_size=8, learning_rate=1e-4, warmup=0.0)
+    trained = train_input_classifier(hand_made("train", repeat=2) + hand_made("calibration"), settings, tmp_path / "c")
+    verdicts = trained.classifier.screen([e.messages for e in hand_made()])
+    restricted = [v.score for v, e in zip(verdicts, hand_made(), strict=True) if e.label == 1]
+    benign = [v.score for v, e in zip(verdicts, hand_made(), strict=True) if e.label == 0]
+    assert min(restricted) > max(benign)
+    loaded = load_input_classifier(save_input_classifier(trained, tmp_path / "input"))
+    assert [v.score for v in loaded.screen([e.messages for e in hand_made()])] == pytest.approx(
+        [v.score for v in verdicts], abs=1e-5
+    )

@@ -213,3 +213,29 @@ def test_examples_without_answers_are_refused(backbone):
     examples = [e.model_copy(update={"answer": None}) for e in hand_made("train")] + hand_made("calibration")
     with pytest.raises(InputError, match="no answer"):
         train_stream_classifier(examples, StreamClassifierSettings(layer=-1), backbone=backbone)
+
+
+# ---- the real embedded backbone ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_on_smollm2_incremental_scoring_equals_full_rescoring_and_generation_stops():
+    backbone = load_model(ModelSpec(name="smollm2-135m-instruct", dtype="float32"))
+    settings = StreamClassifierSettings(epochs=100, learning_rate=5e-3)
+    trained = train_stream_classifier(hand_made("train") + hand_made("calibration"), settings, backbone=backbone)
+    classifier = trained.classifier
+    peaks = [max(t.scores) for t in classifier.traces(hand_made("train"))]
+    assert min(peaks[:4]) > max(peaks[4:])
+    answer = HARMFUL[0][1]
+    full = classifier.traces([example(0, HARMFUL[0][0], answer, 1)])[0].scores
+    stream = classifier.start([{"role": "user", "content": HARMFUL[0][0]}])
+    for start in range(0, len(answer), 5):
+        stream.push(answer[start : start + 5])
+    assert stream.scores == pytest.approx(full, abs=1e-4)
+    params = SamplingParams(max_new_tokens=24, temperature=0.0, stop=[])
+    classifier.threshold = 0.0
+    [stopped] = generate_guarded(classifier, backbone, [CONVERSATION], params)
+    classifier.threshold = 1.0
+    [free] = generate_guarded(classifier, backbone, [CONVERSATION], params)
+    assert stopped.stopped_at == 2 and free.stopped_at is None and len(free.scores) > 10
+    assert free.text.startswith(stopped.text)
