@@ -4,10 +4,11 @@ The upstream is llama-cpp-python's OpenAI-compatible server with the embedded Sm
 guard runs in its own process in front of it with its default settings (hold-back 8 tokens), with trained
 classifiers (`--classifiers DIR`, through `cai guard serve`) or keyword classifiers. Both arms send the same
 prompts (the first built-in helpful prompts) with the same settings (greedy, `--max-tokens`) as streamed chat
-requests, at concurrency 1 and 8, one run each, direct first. Tokens are the content chunks received (llama.cpp
-sends one token per chunk; greedy decoding makes both arms' answers the same); tokens/s is all tokens received
-over the wall time of all requests at that concurrency; time to first token is from sending a request to its first
-content chunk. The last line is the guard's tokens/s overhead at concurrency 8.
+requests, at concurrency 1 and 8. One run sends every prompt twice per arm, in the order direct, guard, guard,
+direct, so that a machine slowing down or speeding up during the run weighs on both arms alike. Tokens are the
+content chunks received (llama.cpp sends one token per chunk; greedy decoding makes both arms' answers the same);
+tokens/s is all tokens an arm received over the wall time of its requests; time to first token is from sending a
+request to its first content chunk. The last line is the guard's tokens/s overhead at concurrency 8.
 
     .venv/bin/python benchmarks/guard_overhead.py                     # 16 prompts, 64 tokens each
     .venv/bin/python benchmarks/guard_overhead.py --classifiers runs/classifiers/model
@@ -112,15 +113,29 @@ def main() -> None:
         stack.enter_context(running(command, f"http://127.0.0.1:{guard_port}/health", scratch / "guard.log"))
         arms = []
         for concurrency in (1, 8):
-            for name, base in (("direct", upstream), ("guard", guarded)):
-                arms.append(asyncio.run(run_arm(name, base, prompts, concurrency, args.max_tokens)))
+            halves = {"direct": [], "guard": []}
+            for name in ("direct", "guard", "guard", "direct"):
+                base = upstream if name == "direct" else guarded
+                halves[name].append(asyncio.run(run_arm(name, base, prompts, concurrency, args.max_tokens)))
+            arms += [merged(parts) for parts in halves.values()]
     show(arms, args)
+
+
+def merged(parts: list[Arm]) -> Arm:
+    first = parts[0]
+    return Arm(
+        first.name,
+        first.concurrency,
+        sum(p.tokens for p in parts),
+        sum(p.seconds for p in parts),
+        [t for p in parts for t in p.first_token],
+    )
 
 
 def show(arms: list[Arm], args) -> None:
     classifiers = f"classifiers {args.classifiers}" if args.classifiers else "keyword classifiers"
     table = Table("arm", "concurrency", "tokens", "seconds", "tokens/s", "TTFT median (ms)", "TTFT p90 (ms)",
-                  title=f"{len(arms[0].first_token)} prompts x {args.max_tokens} tokens, hold-back {args.hold_back}, "
+                  title=f"{len(arms[0].first_token)} requests x {args.max_tokens} tokens, hold-back {args.hold_back}, "
                   f"{classifiers}")  # fmt: skip
     for arm in arms:
         ttft = sorted(arm.first_token)
