@@ -368,3 +368,46 @@ def test_a_client_leaving_mid_stream_closes_the_upstream_stream(start_guard, ups
     while index not in record.closed_early and time.monotonic() < deadline:
         time.sleep(0.05)
     assert index in record.closed_early and record.sent[index] < len(ANSWER)
+
+
+class CountingOutput(KeywordOutputClassifier):
+    """Records every push, and fails the test if two pushes ever run at once (the guard promises one call at a
+    time, so a classifier need not be thread-safe)."""
+
+    def __init__(self, keywords):
+        super().__init__(keywords)
+        self.pushes = 0
+        self.running = threading.Lock()
+
+    def start(self, conversation):
+        stream = super().start(conversation)
+        push = stream.push
+
+        def exclusive_push(text):
+            assert self.running.acquire(blocking=False), "two pushes ran at once"
+            try:
+                time.sleep(0.002)
+                self.pushes += 1
+                return push(text)
+            finally:
+                self.running.release()
+
+        stream.push = exclusive_push
+        return stream
+
+
+def test_output_scoring_of_concurrent_streams_is_batched_one_job_at_a_time(start_guard):
+    output = CountingOutput(OUTPUT_WORDS)
+    base = start_guard(output_classifier=output, hold_back_tokens=0)
+    texts = []
+    threads = [
+        threading.Thread(target=lambda: texts.append(streamed_text(raw_stream(base, "benign")))) for _ in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert texts == ["".join(ANSWER)] * 6
+    metrics = httpx2.get(f"{base}/metrics").text
+    jobs = float(metrics.split('cai_guard_classifier_seconds_count{stage="output"} ')[1].split()[0])
+    assert output.pushes == 6 * len(ANSWER) and jobs < output.pushes  # several streams' pieces per job

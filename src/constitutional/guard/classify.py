@@ -1,6 +1,11 @@
-"""Classifier calls for the server, off the event loop: they are CPU-bound torch work, and 100 streams must not wait
-on one another's forward passes. Input screening is batched across concurrent requests; the output pieces all
-streams bring in one turn of the event loop are scored in one pool job."""
+"""Classifier calls for the server, off the event loop: they are CPU-bound torch work, and the event loop must go on
+serving 100 streams while a forward pass runs.
+
+Each classifier has one thread, and one call in flight at a time: a classifier need not be thread-safe (a forward
+hook on a shared module is not), and one forward pass already spreads over the cores through torch's own threads.
+What arrives meanwhile waits and goes in the next call, so under load the calls grow instead of queueing: requests
+arriving while an input batch is scored form the next batch, and the output pieces of all streams that arrived
+while one output job ran are scored in the next job. When the guard is idle nothing waits for a batch to fill."""
 
 from __future__ import annotations
 
@@ -58,14 +63,15 @@ class Classifiers:
     ):
         self.input, self.output = input_classifier, output_classifier
         self.settings, self.metrics = settings, metrics
-        self.pool = ThreadPoolExecutor(settings.classifier_threads, thread_name_prefix="guard-classifier")
+        self.input_thread = ThreadPoolExecutor(1, thread_name_prefix="guard-input-classifier")
+        self.output_thread = ThreadPoolExecutor(1, thread_name_prefix="guard-output-classifier")
         self._queue: asyncio.Queue[_Waiting] | None = None
         self._worker: asyncio.Task | None = None
-        self._pending: list[_Job] = []  # output scoring asked for in this turn of the event loop
+        self._pending: list[_Job] = []  # output scoring waiting for the next job
+        self._output_busy = False
 
     async def screen(self, conversations: list[list[Message]]) -> list[Verdict]:
-        """One verdict per conversation. Requests arriving while a batch is being scored join the next batch, so
-        batching adds no wait when the guard is idle and saves forward passes when it is busy."""
+        """One verdict per conversation, from a batch with the requests that arrived while the last one ran."""
         if self._worker is None:
             self._queue = asyncio.Queue()
             self._worker = asyncio.get_running_loop().create_task(self._batches())
@@ -94,7 +100,8 @@ class Classifiers:
         conversations = [c for waiting in batch for c in waiting.conversations]
         started = time.perf_counter()
         try:
-            verdicts = await asyncio.get_running_loop().run_in_executor(self.pool, self.input.screen, conversations)
+            loop = asyncio.get_running_loop()
+            verdicts = await loop.run_in_executor(self.input_thread, self.input.screen, conversations)
             if len(verdicts) != len(conversations):
                 raise ValueError(f"{len(verdicts)} verdicts for {len(conversations)} conversations")
         except Exception as err:
@@ -116,28 +123,32 @@ class Classifiers:
         return OutputGate(self.output, conversation, self.settings.hold_back_tokens)
 
     async def score(self, gate: OutputGate, pieces: Sequence[Piece[Payload]]) -> list[Payload]:
-        """Score pieces in a pool thread; the payloads safe to send now. A classifier error is left in
-        `gate.error` (and counted) for the caller's fail-open or fail-closed policy.
+        """Score pieces in the output classifier's thread; the payloads safe to send now. A classifier error is
+        left in `gate.error` (and counted) for the caller's fail-open or fail-closed policy.
 
-        The pieces every stream brings in one turn of the event loop go to the pool as one job: waking a thread
-        costs about as much as a keyword classifier's whole push, and 100 streams would wake one per token each.
+        Pieces asked for in one turn of the event loop go to the thread as one job (waking a thread per token and
+        stream would cost more than a keyword classifier's whole push).
         """
         if gate.classifier is None or not any(text for piece in pieces for text in piece.texts.values()):
             return gate.score(pieces)  # nothing to score: no thread hop
         loop = asyncio.get_running_loop()
         job = _Job(gate, pieces, loop.create_future())
-        if not self._pending:
+        if not self._pending and not self._output_busy:
             loop.call_soon(self._dispatch, loop)
         self._pending.append(job)
         return await job.future
 
     def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
         jobs, self._pending = self._pending, []
+        self._output_busy = True
         started = time.perf_counter()
-        done = loop.run_in_executor(self.pool, _score_all, jobs)
-        done.add_done_callback(lambda outcome: self._deliver(jobs, outcome, time.perf_counter() - started))
+        done = loop.run_in_executor(self.output_thread, _score_all, jobs)
+        done.add_done_callback(lambda outcome: self._deliver(loop, jobs, outcome, time.perf_counter() - started))
 
-    def _deliver(self, jobs: list[_Job], outcome: asyncio.Future, seconds: float) -> None:
+    def _deliver(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job], outcome: asyncio.Future, seconds: float):
+        self._output_busy = False
+        if self._pending:  # what arrived while this job ran
+            self._dispatch(loop)
         self.metrics.classifier_seconds.labels("output").observe(seconds)
         failure = None if outcome.cancelled() else outcome.exception()  # the gate keeps classifier errors: a bug
         for job in jobs:
@@ -154,4 +165,5 @@ class Classifiers:
         if self._worker is not None:
             self._worker.cancel()
             self._worker = None
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.input_thread.shutdown(wait=False, cancel_futures=True)
+        self.output_thread.shutdown(wait=False, cancel_futures=True)

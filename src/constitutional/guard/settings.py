@@ -52,9 +52,6 @@ class GuardSettings(BaseModel):
         default=False,
         description="When a classifier raises, let the text through (logged) instead of refusing it.",
     )
-    classifier_threads: int = Field(
-        default=4, ge=1, description="Threads running classifier calls, off the event loop."
-    )
     max_input_batch: int = Field(
         default=32, ge=1, description="Most conversations screened in one input-classifier call."
     )
