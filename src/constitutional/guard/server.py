@@ -38,8 +38,10 @@ def create_app(
 ) -> FastAPI:
     """The guard as an ASGI app. `upstream` is the HTTP client for the model server (a keep-alive pool sized to the
     concurrency limit when not given); timeouts and the key come from `settings` on every request."""
+    # Idle connections are dropped before uvicorn's (so vLLM's and llama-cpp-python's) 5 s keep-alive closes them
+    # from its side, which could race a request sent on them.
     client = upstream or httpx2.AsyncClient(
-        limits=httpx2.Limits(max_connections=settings.max_concurrent_requests, keepalive_expiry=30)
+        limits=httpx2.Limits(max_connections=settings.max_concurrent_requests, keepalive_expiry=4)
     )
     metrics = GuardMetrics()
     guard = Guard(

@@ -65,12 +65,13 @@ async def relay(
                 guard.classifier_failed(exchange, ClassifierError("output", gate.error))
                 gate.unscreened()
                 released += gate.flush()
-            if released:
-                yield b"".join(released)
             if gate.halt is not None:
                 outcome = "blocked_output"
-                yield _halted(guard, exchange, gate, head)
+                await response.aclose()  # first of all: the upstream stops generating
+                yield b"".join(released) + _halted(guard, exchange, gate, head)
                 return
+            if released:
+                yield b"".join(released)
             if done:
                 break
         outcome = "answered"
@@ -82,7 +83,7 @@ async def relay(
         outcome = "error"
         yield _broken(guard, exchange, gate, guard.upstream.broken(err))
     finally:
-        await response.aclose()  # on a halt this is what stops the upstream generating
+        await response.aclose()
         if outcome not in ("blocked_output", "error"):  # those are counted where they happen
             guard.metrics.requests.labels(exchange.endpoint, outcome).inc()
 
