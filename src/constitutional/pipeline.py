@@ -23,7 +23,7 @@ from constitutional.errors import InputError
 from constitutional.models import ModelSpec
 from constitutional.recipe import Recipe
 from constitutional.runview import MANIFEST, RunView
-from constitutional.stages import ORDER, STAGES, Context, StageDef, local_fingerprint, upstream_hashes
+from constitutional.stages import STAGES, Context, StageDef, local_fingerprint, upstream_hashes
 from constitutional.stages.base import model_key
 from constitutional.store import RunStore, config_hash, remove_if_unused
 
@@ -102,12 +102,13 @@ def _abandon(store: RunStore, stage: StageDef, previous, err: BaseException) -> 
         pass  # the directory cannot be written to: the original error says more than this one
 
 
-def _wanted(names: Iterable[str] | None) -> list[StageDef]:
-    wanted = ORDER if names is None else list(names)
-    unknown = [n for n in wanted if n not in STAGES]
+def _wanted(names: Iterable[str] | None, registry: dict[str, StageDef]) -> list[StageDef]:
+    order = list(registry)
+    wanted = order if names is None else list(names)
+    unknown = [n for n in wanted if n not in registry]
     if unknown:
-        raise InputError(f"unknown stage(s) {unknown}", field="--stages", hint=f"stages are: {', '.join(ORDER)}")
-    return [STAGES[name] for name in ORDER if name in wanted]
+        raise InputError(f"unknown stage(s) {unknown}", field="--stages", hint=f"stages are: {', '.join(order)}")
+    return [registry[name] for name in order if name in wanted]
 
 
 def _check_upstream(recipe: Recipe, stages: list[StageDef]) -> None:
@@ -161,9 +162,15 @@ def _check_inputs(recipe: Recipe, stages: list[StageDef]) -> None:
                 check_model(spec, place)
 
 
-def run(recipe: Recipe, names: Iterable[str] | None = None, force: Iterable[str] = ()) -> list[Outcome]:
-    """Run the named stages (default: all, in pipeline order) against the recipe's run directory."""
-    stages = _wanted(names)
+def run(
+    recipe: Recipe,
+    names: Iterable[str] | None = None,
+    force: Iterable[str] = (),
+    registry: dict[str, StageDef] = STAGES,
+) -> list[Outcome]:
+    """Run the named stages (default: all, in pipeline order) against the recipe's run directory. `registry` is
+    the pipeline they belong to: the CAI stages, or the classifier stages (`stages.CLASSIFIER_STAGES`)."""
+    stages = _wanted(names, registry)
     forced = set(force)
     # Each stage's config, templates, input files, models and upstream are checked before anything is written.
     local = {stage.name: local_fingerprint(recipe, stage) for stage in stages}

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from constitutional.classifiers.config import ClassifiersConfig
 from constitutional.comparison import FeedbackConfig
 from constitutional.errors import InputError, from_validation
 from constitutional.evaluate.config import EvalConfig
@@ -36,7 +37,11 @@ class Roles(BaseModel):
     policy: ModelSpec = Field(default_factory=ModelSpec)
     feedback: ModelSpec = Field(default_factory=lambda: ModelSpec(name="gemma3-270m"))
     judge: ModelSpec = Field(
-        default_factory=lambda: ModelSpec(name="gemma3-270m"), description="Compares and rates answers in evaluation."
+        default_factory=lambda: ModelSpec(name="gemma3-270m"),
+        description="Compares and rates answers in evaluation; re-labels a sample of the classifier data.",
+    )
+    generator: ModelSpec = Field(
+        default_factory=ModelSpec, description="Writes the classifiers' synthetic requests and answers."
     )
 
 
@@ -54,6 +59,7 @@ class Recipe(BaseModel):
     pm: PMConfig = Field(default_factory=PMConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    classifiers: ClassifiersConfig = Field(default_factory=ClassifiersConfig)
 
 
 def _set(data: dict[str, Any], dotted: str, value: Any) -> None:

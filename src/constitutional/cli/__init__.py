@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from constitutional.cli import common, tools
+from constitutional.cli.classifiers import clf_app
 from constitutional.cli.collective import ccai_app
 from constitutional.cli.guard import guard_app
 from constitutional.cli.stage_commands import add_pipeline_commands, add_stage_commands
@@ -40,6 +41,7 @@ app.add_typer(tools.constitution_app, name="constitution")
 app.add_typer(tools.models_app, name="models")
 app.add_typer(ccai_app, name="ccai")
 app.add_typer(guard_app, name="guard")
+app.add_typer(clf_app, name="clf")
 add_pipeline_commands(app)
 
 

@@ -31,9 +31,10 @@ def run_recipe(recipe_path: Path | None, args: list[str], section: str | None, n
     """Load the recipe with the command line's overrides, run the stages, print what each did."""
     from constitutional import pipeline
     from constitutional.recipe import load_recipe, parse_overrides
+    from constitutional.stages import ORDER
 
     recipe = load_recipe(recipe_path, parse_overrides(args, section))
-    forced = (names or pipeline.ORDER) if force else []
+    forced = (names or ORDER) if force else []
     outcomes = pipeline.run(recipe, names, force=forced)
     print_outcomes(recipe.run_dir, outcomes)
     return recipe

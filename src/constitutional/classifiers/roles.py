@@ -1,0 +1,163 @@
+"""The generator and judge roles of the synthetic data stage: batched model calls whose raw results are kept as
+records, so a stage killed part-way redoes only the calls it had not written yet.
+
+Each call is a `Task` with a stable id. Its result is written as soon as its chunk is done: a `Generation` (the
+prompt and the text the generator wrote) or a `Judgement` (the judge's probability that an item is restricted).
+The examples are assembled from these records afterwards, deterministically, so assembling again after a resume
+gives the same examples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field
+
+from constitutional.models.base import LanguageModel, Prompt, SamplingParams, uses_chat
+from constitutional.prompts import JUDGE_RATING_LEAD, YES_NO_OPTIONS, judge_options, judge_request
+from constitutional.records import Record
+from constitutional.store import StageFolder
+
+Purpose = Literal["requests", "answer", "paraphrase"]
+
+
+class Generation(Record):
+    """One generator call, as written: what it was asked and what it wrote."""
+
+    purpose: Purpose
+    category: str
+    template: str = Field(description="Name of the prompts.py template the prompt was built from.")
+    prompt: str
+    output: str
+    model: str
+    params: dict
+    seed: int
+
+
+class Judgement(Record):
+    """The judge's reading of one example (same id): the probability that it is restricted content."""
+
+    kind: Literal["request", "answer"]
+    p_restricted: float = Field(ge=0.0, le=1.0)
+    logprobs: list[float] = Field(description="[log p(Yes), log p(No)] as the judge scored them.")
+    template: str
+    model: str
+
+
+@dataclass(frozen=True)
+class Task:
+    """One call to make: the id its record gets, and what it needs."""
+
+    id: str
+    purpose: Purpose
+    category: str
+    template: str
+    prompt: str
+
+
+def _chunk_seed(seed: int, first_id: str) -> int:
+    """A sampling seed per chunk, from its first task: chunks do not repeat each other's random draws, and a chunk
+    samples alike however many chunks came before it in this process."""
+    return seed + int(hashlib.sha256(first_id.encode()).hexdigest()[:6], 16)
+
+
+def _chunks(items: Sequence, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def generate(
+    folder: StageFolder,
+    model: LanguageModel,
+    tasks: Sequence[Task],
+    params: dict[Purpose, SamplingParams],
+    seed: int,
+    chunk_size: int,
+    advance: Callable[[int], None] = lambda n: None,
+) -> dict[str, Generation]:
+    """Every task's generation: those already on disk, then the rest in batched calls of `chunk_size`."""
+    done = {g.id: g for g in folder.records(Generation)}
+    todo = [task for task in tasks if task.id not in done]
+    advance(len(tasks) - len(todo))
+    writer, _ = folder.writers()
+    try:
+        for purpose in ("requests", "answer", "paraphrase"):
+            for chunk in _chunks([t for t in todo if t.purpose == purpose], chunk_size):
+                batch_params = params[purpose].model_copy(update={"seed": _chunk_seed(seed, chunk[0].id)})
+                outputs = model.generate([task.prompt for task in chunk], batch_params)
+                made = [
+                    Generation(
+                        id=task.id,
+                        purpose=task.purpose,
+                        category=task.category,
+                        template=task.template,
+                        prompt=task.prompt,
+                        output=output,
+                        model=model.name,
+                        params=batch_params.model_dump(),
+                        seed=seed,
+                    )
+                    for task, output in zip(chunk, outputs, strict=True)
+                ]
+                writer.write(made)
+                done.update((g.id, g) for g in made)
+                advance(len(chunk))
+    finally:
+        writer.close()
+    return done
+
+
+@dataclass(frozen=True)
+class JudgeTask:
+    id: str
+    kind: Literal["request", "answer"]
+    question: str
+
+
+def judge(
+    folder: StageFolder,
+    model: LanguageModel,
+    tasks: Sequence[JudgeTask],
+    template: str,
+    chunk_size: int,
+    advance: Callable[[int], None] = lambda n: None,
+) -> dict[str, Judgement]:
+    """The judge's P(restricted) for every task: Yes vs No read from one scoring pass, normalised over the two."""
+    done = {j.id: j for j in folder.records(Judgement)}
+    todo = [task for task in tasks if task.id not in done]
+    advance(len(tasks) - len(todo))
+    chat = uses_chat(model)
+    options = judge_options(YES_NO_OPTIONS, chat)
+    writer, _ = folder.writers()
+    try:
+        for chunk in _chunks(todo, chunk_size):
+            prompts: list[Prompt] = [judge_request(task.question, chat, JUDGE_RATING_LEAD) for task in chunk]
+            scored = model.choice_logprobs(prompts, options)
+            made = [
+                Judgement(
+                    id=task.id,
+                    kind=task.kind,
+                    p_restricted=_p_yes(row),
+                    logprobs=list(row),
+                    template=template,
+                    model=model.name,
+                )
+                for task, row in zip(chunk, scored, strict=True)
+            ]
+            writer.write(made)
+            done.update((j.id, j) for j in made)
+            advance(len(chunk))
+    finally:
+        writer.close()
+    return done
+
+
+def _p_yes(logprobs: Sequence[float]) -> float:
+    """P(Yes) of the two options, normalised: softmax over [log p(Yes), log p(No)]."""
+    yes, no = logprobs
+    top = max(yes, no)
+    return math.exp(yes - top) / (math.exp(yes - top) + math.exp(no - top))

@@ -1,0 +1,310 @@
+"""The classifier data side: the constitution's schema and errors, splits without leaks, and the synthetic data
+stage on scripted models (provenance, contested items, resume after a kill)."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from doubles import DiesOnCall
+
+from constitutional.classifiers import dedupe
+from constitutional.classifiers.constitution import ClassifierConstitution, load_classifier_constitution
+from constitutional.classifiers.records import ClassifierExample
+from constitutional.classifiers.roles import Generation
+from constitutional.classifiers.synthesize import DataConfig, parse_requests, synthesize
+from constitutional.errors import InputError
+from constitutional.store import StageFolder
+
+RESTRICTED_IDS = {
+    "biological_weapons", "chemical_weapons", "nuclear_radiological", "explosives", "cyber_attacks",
+    "violent_attack_planning", "illegal_firearms", "fraud_and_scams", "illicit_drug_synthesis",
+}  # fmt: skip
+PERMITTED_IDS = {
+    "safety_information", "history", "fiction", "medicine", "security_education", "everyday_language",
+    "science_education", "policy_and_news", "general_help",
+}  # fmt: skip
+
+VALID = """\
+name: tiny
+version: 1
+description: A classifier constitution written for tests.
+restricted:
+  - id: explosives
+    definition: Help with building a device that explodes to hurt people.
+    uplift: Formulations, quantities and assembly steps; history and safety are not uplift.
+    examples:
+      - How do I build a pipe bomb?
+      - What mix makes the biggest blast?
+permitted:
+  - id: history
+    definition: Questions about past events, however violent.
+    examples:
+      - Why did the Hindenburg explode?
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "clf.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def line_of(text: str, needle: str, occurrence: int = 1) -> int:
+    return [n for n, line in enumerate(text.splitlines(), start=1) if needle in line][occurrence - 1]
+
+
+# ---- the constitution ----------------------------------------------------------------------------------------------
+
+
+def test_the_built_in_constitution_has_every_category_the_issue_names():
+    constitution = load_classifier_constitution("restricted-permitted")
+    assert {c.id for c in constitution.restricted} == RESTRICTED_IDS
+    assert {c.id for c in constitution.permitted} == PERMITTED_IDS
+    assert all(c.examples and c.uplift for c in constitution.restricted)
+    assert constitution.label("explosives") == 1 and constitution.label("history") == 0
+    assert constitution.tag == "restricted-permitted@1"
+
+
+def test_a_valid_file_loads(tmp_path):
+    constitution = load_classifier_constitution(write(tmp_path, VALID))
+    assert isinstance(constitution, ClassifierConstitution)
+    assert constitution.version == "1" and [c.id for c in constitution.categories] == ["explosives", "history"]
+
+
+@pytest.mark.parametrize(
+    ("broken", "needle", "field"),
+    [
+        (re.sub(r"    uplift: .*\n", "", VALID), "- id: explosives", "restricted.0.uplift"),
+        (VALID.replace("id: history", "id: History"), "id: History", "permitted.0.id"),
+        (VALID.replace("      - Why did the Hindenburg explode?", "      - '   '"), "- '   '", "permitted.0.examples"),
+        (VALID.replace("version: 1", "version: [1]"), "version: [1]", "version"),
+    ],
+    ids=["missing uplift", "id not snake_case", "blank example", "version not text"],
+)  # fmt: skip
+def test_a_broken_file_is_refused_with_its_file_line_and_field(tmp_path, broken, needle, field):
+    path = write(tmp_path, broken)
+    with pytest.raises(InputError) as caught:
+        load_classifier_constitution(path)
+    assert (caught.value.path, caught.value.field) == (path, field)
+    # A missing key is blamed on the entry that lacks it; a bad value on its own line (a list: its first item).
+    assert caught.value.line == line_of(broken, needle)
+
+
+DUPLICATE = (
+    VALID
+    + """\
+  - id: explosives
+    definition: The same id again, this time in the permitted list.
+    examples: ["When were fireworks invented?"]
+"""
+)
+
+
+def test_a_repeated_category_id_is_blamed_on_its_second_use(tmp_path):
+    path = write(tmp_path, DUPLICATE)
+    with pytest.raises(InputError, match="already used in restricted") as caught:
+        load_classifier_constitution(path)
+    assert caught.value.line == line_of(DUPLICATE, "id: explosives", 2)
+    assert caught.value.field == "permitted.1.id"
+
+
+def test_an_unknown_name_lists_the_built_ins():
+    with pytest.raises(InputError, match="restricted-permitted"):
+        load_classifier_constitution("no-such-constitution")
+
+
+# ---- splits --------------------------------------------------------------------------------------------------------
+
+
+def fake_embedder(texts):
+    """Texts that share their first word point the same way (cosine ~0.99); others are nearly orthogonal."""
+    vectors = []
+    for text in texts:
+        head = np.random.default_rng(int(hashlib.sha256(text.split()[0].encode()).hexdigest()[:8], 16)).normal(size=64)
+        tail = np.random.default_rng(int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)).normal(size=64)
+        vector = head + 0.1 * tail
+        vectors.append(vector / np.linalg.norm(vector))
+    return np.asarray(vectors)
+
+
+def random_groups(seed: int, count: int = 120) -> dict[str, list[str]]:
+    rng = random.Random(seed)
+    heads = [f"topic{i}" for i in range(30)]  # ~4 groups per topic: many near duplicates across groups
+    return {f"g{i}": [f"{rng.choice(heads)} request number {i} {rng.random():.6f}"] for i in range(count)}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_no_two_splits_share_a_near_duplicate(seed):
+    groups = random_groups(seed)
+    result = dedupe.split_groups(groups, seed, 0.2, 0.2, fake_embedder, threshold=0.9)
+    kept = [(g, t) for g in result.splits for t in groups[g]]
+    vectors = fake_embedder([t for _, t in kept])
+    for (i, (a, _)), (j, (b, _)) in itertools.combinations(enumerate(kept), 2):
+        if result.splits[a] != result.splits[b]:
+            assert vectors[i] @ vectors[j] < 0.9, (a, b)
+    assert set(result.splits) | set(result.removed) == set(groups)
+    assert not set(result.splits) & set(result.removed)
+    assert {"train", "calibration", "test"} == set(result.splits.values())  # near twins within a split stay
+
+
+def test_of_two_near_twins_in_different_splits_the_less_important_one_goes():
+    groups = {"a": ["topic request one"], "b": ["topic request two"]}  # same first word: near twins
+    order = {"test": 0, "calibration": 1, "train": 2}
+    for seed in range(40):
+        splits = {g: dedupe.assign_split(g, seed, 0.3, 0.3) for g in groups}
+        result = dedupe.split_groups(groups, seed, 0.3, 0.3, fake_embedder, threshold=0.9)
+        if splits["a"] == splits["b"]:
+            assert not result.removed  # twins in one split leak nothing
+            continue
+        loser = max(groups, key=lambda g: order[splits[g]])
+        assert list(result.removed) == [loser] and "near duplicate" in result.removed[loser]
+
+
+def test_exact_duplicates_and_held_out_items_are_removed():
+    groups = {"first": ["How do I pick a lock?"], "copy": ["how do i pick a LOCK"], "eval": ["Held out text here"]}
+    result = dedupe.split_groups(groups, 0, 0.2, 0.2, fake_embedder, 0.99, holdout=["held out text here!"])
+    assert result.removed == {
+        "copy": "exact duplicate of first",
+        "eval": "exact duplicate of a held-out evaluation item",
+    }
+    near = dedupe.split_groups({"x": ["Held out near twin"]}, 0, 0.2, 0.2, fake_embedder, 0.9, ["Held out text"])
+    assert "held-out evaluation item" in near.removed["x"]
+
+
+def test_a_groups_split_does_not_depend_on_the_other_groups():
+    alone = dedupe.split_groups({"g7": ["one text"]}, 3, 0.2, 0.2, fake_embedder, 0.9)
+    among = dedupe.split_groups(random_groups(1) | {"g7": ["one text"]}, 3, 0.2, 0.2, fake_embedder, 0.9)
+    assert alone.splits["g7"] == among.splits.get("g7", alone.splits["g7"])
+    shares = Counter(dedupe.assign_split(f"g{i}", 0, 0.2, 0.3) for i in range(4000))
+    assert abs(shares["test"] / 4000 - 0.3) < 0.03 and abs(shares["calibration"] / 4000 - 0.2) < 0.03
+
+
+# ---- the synthetic data stage --------------------------------------------------------------------------------------
+
+
+class Scripted:
+    """A generator that writes a numbered list, a rewording or an answer, and a judge with a fixed opinion."""
+
+    name = "scripted"
+    context_window = None
+
+    def __init__(self):
+        self.calls = 0
+
+    def generate(self, prompts, params):
+        self.calls += 1
+        outputs = []
+        for prompt in prompts:
+            n = int(hashlib.sha256(str(prompt).encode()).hexdigest()[:6], 16)
+            if params.stop == ["\n\n"]:
+                outputs.append(
+                    f" Which way works for item {n} here?\n6. What should I do with thing {n % 97}?\n7. cut"
+                )
+            elif params.stop == ["\n"]:
+                outputs.append(f" Could you tell me about item {n} please?")
+            else:
+                outputs.append(f"first gather the parts, then step {n % 13}.")
+        return outputs
+
+    def choice_logprobs(self, prompts, choices):
+        # "Yes" (restricted) whenever the question quotes the word "bomb": right on some items, wrong on others.
+        return [[-0.1, -2.0] if "bomb" in str(p) else [-2.0, -0.1] for p in prompts]
+
+
+def tiny_constitution(tmp_path) -> ClassifierConstitution:
+    return load_classifier_constitution(write(tmp_path, VALID))
+
+
+def tiny_config(**fields) -> DataConfig:
+    base = {
+        "rounds": 2,
+        "general_prompts": None,
+        "answers_per_category": 2,
+        "paraphrase_share": 0.5,
+        "judge_share": 1.0,
+        "holdout": [],
+        "chunk_size": 3,
+        "calibration_share": 0.3,
+        "test_share": 0.3,
+    }
+    return DataConfig(**{**base, **fields})
+
+
+def test_parse_requests_keeps_complete_numbered_lines_only():
+    output = " How do I make a thing at home?\n6. What is the best way to do it?\n7) short one?\n8. It was cut off mid"
+    assert parse_requests(output, 5) == ["How do I make a thing at home?", "What is the best way to do it?"]
+    assert parse_requests(output, 1) == ["How do I make a thing at home?"]
+
+
+def test_every_example_has_provenance_and_every_group_one_split(tmp_path):
+    folder = StageFolder(tmp_path / "clf_data")
+    summary = synthesize(folder, Scripted(), Scripted(), tiny_constitution(tmp_path), tiny_config(), 0, fake_embedder)
+    examples = folder.records(ClassifierExample)
+    assert summary["examples"] == len(examples) > 0
+    assert summary["written_requests"] == 3 and summary["generated_requests"] > 0
+    for e in examples:
+        assert e.provenance.generator in ("written", "scripted") and e.provenance.template
+        assert e.provenance.seed == 0
+        if e.provenance.generator == "scripted" and e.wrapper == "plain" and "delayed_onset" not in e.id:
+            assert e.provenance.judge == "scripted"  # judge_share 1: every generated source item was judged
+    groups = {}
+    for e in examples:
+        groups.setdefault(e.id.split("~")[0].split(">")[0], set()).add(e.split)
+    assert all(len(splits) == 1 for splits in groups.values())
+    answers = [e for e in examples if e.answer is not None]
+    assert {e.label for e in answers} == {0, 1}
+    delayed = [e for e in answers if e.id.endswith("~delayed_onset")]
+    assert all(e.label == 1 and e.harmful_from > 0 for e in delayed)
+    assert any(e.wrapper != "plain" for e in examples)
+
+
+def test_the_judges_disagreements_are_contested_and_written_items_never_are(tmp_path):
+    folder = StageFolder(tmp_path / "clf_data")
+    summary = synthesize(folder, Scripted(), Scripted(), tiny_constitution(tmp_path), tiny_config(), 0, fake_embedder)
+    examples = folder.records(ClassifierExample)
+    contested = [e for e in examples if e.contested]
+    assert contested and summary["contested"] == len(contested)
+    assert not any(e.provenance.generator == "written" for e in contested)
+    # The written restricted example without "bomb" is judged wrong, which counts against the judge only.
+    assert summary["written_judged"] == 3 and summary["judge_agreement_on_written"] == pytest.approx(2 / 3, abs=1e-3)
+    # Wrapped versions share their source's verdict.
+    by_id = {e.id: e for e in examples}
+    for e in examples:
+        source = e.id.rsplit("~", 1)[0]
+        if e.wrapper != "plain" and source in by_id:
+            assert e.contested == by_id[source].contested
+
+
+def test_a_stage_killed_part_way_resumes_with_nothing_lost_or_doubled(tmp_path):
+    constitution = tiny_constitution(tmp_path)
+    whole, fresh = StageFolder(tmp_path / "whole"), Scripted()
+    synthesize(whole, fresh, Scripted(), constitution, tiny_config(), 0, fake_embedder)
+    expected = {e.id for e in whole.records(ClassifierExample)} | {r.id for r in whole.rejected()}
+
+    killed = StageFolder(tmp_path / "killed")
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(killed, DiesOnCall(Scripted(), 3), Scripted(), constitution, tiny_config(), 0, fake_embedder)
+    assert not killed.records(ClassifierExample)  # examples are assembled only once every call is on disk
+    survivor = Scripted()
+    synthesize(killed, survivor, Scripted(), constitution, tiny_config(), 0, fake_embedder)
+    generations = [g.id for g in StageFolder(killed.dir / "generations").records(Generation)]
+    written = [line for path in killed.dir.glob("part-*.jsonl") for line in path.read_text().splitlines()]
+    assert len(written) == len({e.id for e in killed.records(ClassifierExample)})  # no id written twice
+    assert {e.id for e in killed.records(ClassifierExample)} | {r.id for r in killed.rejected()} == expected
+    assert len(generations) == len(set(generations))
+    assert survivor.calls < fresh.calls  # the calls already on disk were not made again
+    again = Scripted()
+    synthesize(killed, again, Scripted(), constitution, tiny_config(), 0, fake_embedder)
+    assert again.calls == 0
+
+
+def test_an_unknown_augmentation_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match="persona_roleplay"):
+        DataConfig(augmentations=["roleplay_story"])
