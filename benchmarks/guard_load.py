@@ -6,7 +6,7 @@ settings. `--clients` asyncio clients each send streamed chat requests back to b
 20 names the input keyword (refused at input) and one in 20 asks for the script that says the output keyword half
 way (halted): those are the intended blocks. Anything else that does not end in [DONE] after a full answer is an
 error. Reported: requests/s, p50/p99 latency (request sent to stream closed) per outcome, errors, and the guard
-process's resident memory after warm-up and at the end.
+process's resident memory after warm-up, every tenth of the run and at the end.
 
     .venv/bin/python benchmarks/guard_load.py                        # 100 clients, 60 s, 64 words, 10 ms apart
     .venv/bin/python benchmarks/guard_load.py --clients 200 --seconds 30 --token-delay 0
@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import socket
 import tempfile
+import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -118,14 +119,24 @@ def main() -> None:
         guard = stack.enter_context(running(command, f"http://127.0.0.1:{guard_port}/health", scratch / "guard.log"))
         process = psutil.Process(guard.pid)
         asyncio.run(load(base, min(args.clients, 10), 2.0, args.words))  # warm-up
-        rss_start = process.memory_info().rss
+        rss = [process.memory_info().rss]
+        sampler = threading.Thread(target=sample_rss, args=(process, rss, args.seconds), daemon=True)
+        sampler.start()
         results, elapsed = asyncio.run(load(base, args.clients, args.seconds, args.words))
-        rss_end = process.memory_info().rss
+        sampler.join()
+        rss.append(process.memory_info().rss)
         metrics = httpx2.get(f"http://127.0.0.1:{guard_port}/metrics").text
-    show(args, results, elapsed, rss_start, rss_end, metrics, scratch)
+    show(args, results, elapsed, rss, metrics, scratch)
 
 
-def show(args, results, elapsed, rss_start, rss_end, metrics, scratch) -> None:
+def sample_rss(process: psutil.Process, samples: list[int], seconds: float) -> None:
+    """The guard's resident memory every tenth of the run: growing to the end would be a leak, a plateau is not."""
+    for _ in range(9):
+        time.sleep(seconds / 10)
+        samples.append(process.memory_info().rss)
+
+
+def show(args, results, elapsed, rss, metrics, scratch) -> None:
     console = Console()
     latencies = defaultdict(list)
     errors = Counter()
@@ -146,7 +157,7 @@ def show(args, results, elapsed, rss_start, rss_end, metrics, scratch) -> None:
     console.print(f"requests/s: {len(results) / elapsed:.1f}   tokens/s answered: {answered_tokens / elapsed:.0f}")
     blocks = [line for line in metrics.splitlines() if line.startswith("cai_guard_blocks_total")]
     console.print(f"guard metrics: {'; '.join(blocks)}")
-    console.print(f"guard RSS: {rss_start / 2**20:.0f} MiB after warm-up, {rss_end / 2**20:.0f} MiB at the end")
+    console.print(f"guard RSS (MiB), after warm-up, every tenth of the run, at the end: {[r >> 20 for r in rss]}")
     console.print(f"logs: {scratch}")
     console.print(f"errors: {sum(errors.values())}" + (f" ({dict(errors)})" if errors else ""))
 
