@@ -320,7 +320,7 @@ class SlowInput(KeywordInputClassifier):
 
 
 class SlowOutput(KeywordOutputClassifier):
-    """Its first push takes half a second, as a forward pass on a busy CPU might."""
+    """Its first push takes 1.5 s, as a forward pass on a busy CPU might."""
 
     def start(self, conversation):
         stream = super().start(conversation)
@@ -328,7 +328,7 @@ class SlowOutput(KeywordOutputClassifier):
 
         def slow_push(text):
             if not stream.words:
-                time.sleep(0.5)
+                time.sleep(1.5)
             return push(text)
 
         stream.push = slow_push
@@ -340,10 +340,10 @@ def test_classifiers_run_off_the_event_loop_and_inputs_are_batched(start_guard):
     base = start_guard(input_classifier=inputs, output_classifier=SlowOutput(OUTPUT_WORDS))
     stream = threading.Thread(target=lambda: raw_stream(base, "benign"))
     stream.start()
-    time.sleep(0.2)  # the stream's first piece is now being scored
+    time.sleep(0.6)  # past the input screening (0.2 s): the stream's first piece is being scored
     started = time.monotonic()
     assert httpx2.get(f"{base}/health").status_code == 200
-    assert time.monotonic() - started < 0.25  # the event loop was not blocked by the scoring
+    assert time.monotonic() - started < 1.0  # blocked by the scoring, it would take over 1.3 s
     stream.join()
     answers = []
     body = {"model": "hangs", "messages": BLOCKED_USER}  # refused at input: "hangs" is never reached
