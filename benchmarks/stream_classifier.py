@@ -23,13 +23,14 @@ import time
 import torch
 from rich.console import Console
 from rich.table import Table
+from transformers import StoppingCriteria
 
 from constitutional.classifiers.saved import load_output_classifier
 from constitutional.classifiers.stream_model import (
+    GenerationWatch,
     StreamClassifierSettings,
     StreamModel,
     ValueHead,
-    generate_guarded,
 )
 from constitutional.models import ModelSpec, SamplingParams, load_model
 from constitutional.sources import load_prompts
@@ -63,6 +64,33 @@ def classifier_for(policy, folder: str | None) -> StreamModel:
     return classifier
 
 
+class TimedWatch:
+    """The classifier's watch, with the time spent in its stopping criterion (the head, once per token) summed: the
+    classifier's own cost, which the two arms' wall times show only through the machine's noise."""
+
+    def __init__(self, watch: GenerationWatch):
+        self.watch, self.seconds = watch, 0.0
+
+    def __call__(self, prompt_length: int, indices: list[int]) -> StoppingCriteria:
+        criterion, timed = self.watch(prompt_length, indices), self
+
+        class Timed(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                started = time.perf_counter()
+                stop = criterion(input_ids, scores, **kwargs)
+                timed.seconds += time.perf_counter() - started
+                return stop
+
+        return Timed()
+
+
+def generate_attached(classifier: StreamModel, policy, prompts, params) -> tuple[list[str], float]:
+    """Answers generated with the classifier attached, and the seconds spent in it."""
+    with classifier.attached(policy) as watch:
+        timed = TimedWatch(watch)
+        return policy.generate(prompts, params, watch=timed), timed.seconds
+
+
 def own_forward_seconds(classifier: StreamModel, prompts, answers: list[str]) -> float:
     """Score each answer as the guard does in front of another model: its own forward, one push per token."""
     started = time.perf_counter()
@@ -93,9 +121,10 @@ def main() -> None:
     # One-off costs (allocator growth, kernel choice for these shapes) are paid before timing, by both arms.
     warm_up = params.model_copy(update={"max_new_tokens": 16})
     policy.generate(prompts, warm_up)
-    generate_guarded(classifier, policy, prompts, warm_up)
+    generate_attached(classifier, policy, prompts, warm_up)
 
     seconds = {PLAIN: 0.0, ATTACHED: 0.0}
+    inside = 0.0  # of the attached arm's time, spent in the classifier
     texts = {}
     for _ in range(args.rounds):
         for arm in (PLAIN, ATTACHED):
@@ -103,7 +132,8 @@ def main() -> None:
             if arm == PLAIN:
                 texts[arm] = policy.generate(prompts, params)
             else:
-                texts[arm] = [answer.text for answer in generate_guarded(classifier, policy, prompts, params)]
+                texts[arm], spent = generate_attached(classifier, policy, prompts, params)
+                inside += spent
             seconds[arm] += time.perf_counter() - started
     same = sum(a == b for a, b in zip(texts[PLAIN], texts[ATTACHED], strict=True))
     tokens = sum(len(policy.tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts[PLAIN])
@@ -127,6 +157,10 @@ def main() -> None:
             f"{tokens / own:.1f}", f"+{share:.0%} of generation time",
         )  # fmt: skip
     console.print(table)
+    console.print(
+        f"time inside the attached classifier: {inside * 1000:.0f} ms, {inside / seconds[ATTACHED]:.2%} of its arm "
+        f"({inside / (tokens * args.rounds) * 1e6:.0f} µs per token)"
+    )
     console.print(f"identical answers in both arms: {same}/{len(prompts)}; load average after: {load_after:.2f}")
     console.print(f"overhead: {overhead:.2%}")
 
