@@ -26,12 +26,8 @@ from rich.table import Table
 from transformers import StoppingCriteria
 
 from constitutional.classifiers.saved import load_output_classifier
-from constitutional.classifiers.stream_model import (
-    GenerationWatch,
-    StreamClassifierSettings,
-    StreamModel,
-    ValueHead,
-)
+from constitutional.classifiers.settings import StreamClassifierSettings
+from constitutional.classifiers.stream_model import GenerationWatch, StreamModel, ValueHead
 from constitutional.models import ModelSpec, SamplingParams, load_model
 from constitutional.sources import load_prompts
 

@@ -12,13 +12,13 @@ import torch
 
 from constitutional.classifiers.input_model import (
     PERMITTED,
-    InputClassifierSettings,
     InputModel,
     conversation_text,
     encode,
     train_input_classifier,
 )
 from constitutional.classifiers.records import ClassifierExample, Provenance
+from constitutional.classifiers.settings import InputClassifierSettings
 from constitutional.errors import InputError
 
 RESTRICTED = {
@@ -184,7 +184,8 @@ def no_network(monkeypatch):
 
 @pytest.fixture(scope="module")
 def trained_output(tiny_model_path):
-    from constitutional.classifiers.stream_model import StreamClassifierSettings, train_stream_classifier
+    from constitutional.classifiers.settings import StreamClassifierSettings
+    from constitutional.classifiers.stream_model import train_stream_classifier
 
     answers = [
         example(

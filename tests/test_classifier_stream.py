@@ -10,8 +10,8 @@ import torch
 from transformers import StoppingCriteriaList
 
 from constitutional.classifiers.records import ClassifierExample, Provenance
+from constitutional.classifiers.settings import StreamClassifierSettings
 from constitutional.classifiers.stream_model import (
-    StreamClassifierSettings,
     StreamModel,
     ValueHead,
     generate_guarded,

@@ -215,7 +215,8 @@ def load_output_classifier(folder: str | Path, backbone: TransformersModel | Non
     model the head was trained on."""
     from safetensors.torch import load_file
 
-    from constitutional.classifiers.stream_model import StreamClassifierSettings, load_backbone
+    from constitutional.classifiers.settings import StreamClassifierSettings
+    from constitutional.classifiers.stream_model import load_backbone
 
     folder = Path(folder)
     config = _read_config(folder, "output")
