@@ -127,6 +127,39 @@ def test_each_push_reads_only_the_new_tokens(classifier, monkeypatch):
     assert stream.cache.get_seq_length() == len(classifier.prefix_ids(CONVERSATION)) + stream.tokens
 
 
+def test_a_capture_never_sees_another_threads_forward_pass(classifier, backbone):
+    import threading
+
+    from constitutional.classifiers.stream_model import captured
+
+    ids = torch.tensor([classifier.prefix_ids(CONVERSATION)])
+    with captured(classifier.module) as seen:
+        worker = threading.Thread(target=lambda: backbone.model.get_decoder()(input_ids=ids))
+        worker.start()
+        worker.join()
+        assert seen == []
+        backbone.model.get_decoder()(input_ids=ids)
+        assert len(seen) == 1 and seen[0].shape[1] == ids.shape[1]
+
+
+def test_streams_scored_in_parallel_threads_score_as_alone(classifier):
+    from concurrent.futures import ThreadPoolExecutor
+
+    answers = [ANSWER, "The capital of France is Paris.", "Knead the dough and bake it at home today."]
+    alone = [classifier.traces([example(i, "q", a, 0)])[0].scores for i, a in enumerate(answers)]
+
+    def score(answer: str) -> list[float]:
+        stream = classifier.start([{"role": "user", "content": "q"}])
+        for start in range(0, len(answer), 2):
+            stream.push(answer[start : start + 2])
+        return stream.scores
+
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(score, answers))
+    for scores, expected in zip(together, alone, strict=True):
+        assert scores == pytest.approx(expected, abs=1e-5)
+
+
 def test_the_verdict_is_the_running_maximum_and_stays_flagged(classifier):
     classifier.threshold = 0.0  # every score is above it
     stream = classifier.start(CONVERSATION)

@@ -15,6 +15,7 @@ answer is never scored there).
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -112,11 +113,15 @@ def backbone_fingerprint(model: Any, layer: int) -> str:
 
 @contextmanager
 def captured(module: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """The outputs of `module` while the block runs, newest last (only the newest is kept)."""
+    """The outputs of `module` in forward passes this thread runs while the block is open, newest last (only the
+    newest is kept). Passes other threads run on the same model (the guard scores streams in a thread pool) are not
+    seen, so concurrent scorers never read each other's states."""
     seen: list[torch.Tensor] = []
+    owner = threading.get_ident()
 
     def hook(_module, _inputs, output):
-        seen[:] = [output[0] if isinstance(output, tuple) else output]
+        if threading.get_ident() == owner:
+            seen[:] = [output[0] if isinstance(output, tuple) else output]
 
     handle = module.register_forward_hook(hook)
     try:
