@@ -11,6 +11,7 @@ benign examples of the calibration split to the target false-positive rate (`thr
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,6 +56,9 @@ class InputModel:
         self.threshold = threshold
         self.batch_size = batch_size
         self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        # A fast tokenizer refuses ("Already borrowed") to be reconfigured while another thread encodes with it, and
+        # the guard screens from a thread pool: encoding is cheap, so it is done one thread at a time.
+        self._encoding = threading.Lock()
 
     def probabilities(self, conversations: Sequence[Sequence[Message]]) -> Any:
         """Softmax over [permitted, *restricted categories] per conversation, as a (conversations, classes) array."""
@@ -63,7 +67,8 @@ class InputModel:
 
         if not conversations:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        encoded = encode(self.tokenizer, conversations, self.max_length)["input_ids"]
+        with self._encoding:
+            encoded = encode(self.tokenizer, conversations, self.max_length)["input_ids"]
         out = np.zeros((len(encoded), len(self.labels)), dtype=np.float32)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # little padding per batch
         with torch.inference_mode():

@@ -143,16 +143,19 @@ class StreamModel:
         self.threshold = threshold
         self.module = feature_module(backbone.model, layer)
         self.fingerprint = backbone_fingerprint(backbone.model, layer)
+        self._encoding = threading.Lock()  # one thread at a time in the fast tokenizer (see InputModel)
 
     # rendering: the prompt exactly as the transformers backend renders it for generation
     def prefix_ids(self, conversation: Sequence[Message]) -> list[int]:
-        return self.lm.render(list(conversation))
+        with self._encoding:
+            return self.lm.render(list(conversation))
 
     def answer_tokens(self, answer: str) -> tuple[list[int], list[int]]:
         """(token ids, character offset where each ends) of an answer; special-token strings read as text."""
-        encoded = self.lm.tokenizer(
-            answer, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True
-        )
+        with self._encoding:
+            encoded = self.lm.tokenizer(
+                answer, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True
+            )
         return encoded["input_ids"], [end for _, end in encoded["offset_mapping"]]
 
     @torch.inference_mode()
