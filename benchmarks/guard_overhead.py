@@ -8,7 +8,9 @@ requests, at concurrency 1 and 8. One run sends every prompt twice per arm, in t
 direct, so that a machine slowing down or speeding up during the run weighs on both arms alike. Tokens are the
 content chunks received (llama.cpp sends one token per chunk; greedy decoding makes both arms' answers the same);
 tokens/s is all tokens an arm received over the wall time of its requests; time to first token is from sending a
-request to its first content chunk. The last line is the guard's tokens/s overhead at concurrency 8.
+request to its first content chunk. The CPU seconds each server process used during each arm show where the time
+went, and the guard's CPU per relayed token is its own cost, whatever else the machine is running. The last line is
+the guard's tokens/s overhead at concurrency 8.
 
     .venv/bin/python benchmarks/guard_overhead.py                     # 16 prompts, 64 tokens each
     .venv/bin/python benchmarks/guard_overhead.py --classifiers runs/classifiers/model
@@ -24,10 +26,11 @@ import socket
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx2
+import psutil
 from guard_processes import guard_server, llama_server, running
 from rich.console import Console
 from rich.table import Table
@@ -42,6 +45,7 @@ class Arm:
     tokens: int
     seconds: float
     first_token: list[float]
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds each server process used during the arm
 
     @property
     def tokens_per_second(self) -> float:
@@ -103,22 +107,33 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="guard-overhead-"))
     with contextlib.ExitStack() as stack:
         upstream = args.upstream
+        processes = {}
         if upstream is None:
             port = free_port()
             upstream = f"http://127.0.0.1:{port}/v1"
-            stack.enter_context(running(llama_server(port), f"{upstream}/models", scratch / "llama.log"))
+            server = stack.enter_context(running(llama_server(port), f"{upstream}/models", scratch / "llama.log"))
+            processes["model server"] = psutil.Process(server.pid)
         guard_port = free_port()
         command = guard_server(guard_port, upstream, args.classifiers, scratch / "audit.jsonl", args.hold_back)
         guarded = f"http://127.0.0.1:{guard_port}/v1"
-        stack.enter_context(running(command, f"http://127.0.0.1:{guard_port}/health", scratch / "guard.log"))
+        guard = stack.enter_context(running(command, f"http://127.0.0.1:{guard_port}/health", scratch / "guard.log"))
+        processes["guard"] = psutil.Process(guard.pid)
         arms = []
         for concurrency in (1, 8):
             halves = {"direct": [], "guard": []}
             for name in ("direct", "guard", "guard", "direct"):
                 base = upstream if name == "direct" else guarded
-                halves[name].append(asyncio.run(run_arm(name, base, prompts, concurrency, args.max_tokens)))
+                before = {key: cpu_seconds(process) for key, process in processes.items()}
+                arm = asyncio.run(run_arm(name, base, prompts, concurrency, args.max_tokens))
+                arm.cpu = {key: cpu_seconds(process) - before[key] for key, process in processes.items()}
+                halves[name].append(arm)
             arms += [merged(parts) for parts in halves.values()]
     show(arms, args)
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 def merged(parts: list[Arm]) -> Arm:
@@ -129,21 +144,28 @@ def merged(parts: list[Arm]) -> Arm:
         sum(p.tokens for p in parts),
         sum(p.seconds for p in parts),
         [t for p in parts for t in p.first_token],
+        {key: sum(p.cpu[key] for p in parts) for key in first.cpu},
     )
 
 
 def show(arms: list[Arm], args) -> None:
     classifiers = f"classifiers {args.classifiers}" if args.classifiers else "keyword classifiers"
+    processes = list(arms[0].cpu)
     table = Table("arm", "concurrency", "tokens", "seconds", "tokens/s", "TTFT median (ms)", "TTFT p90 (ms)",
+                  *(f"{key} CPU s" for key in processes),
                   title=f"{len(arms[0].first_token)} requests x {args.max_tokens} tokens, hold-back {args.hold_back}, "
                   f"{classifiers}")  # fmt: skip
     for arm in arms:
         ttft = sorted(arm.first_token)
         table.add_row(arm.name, str(arm.concurrency), str(arm.tokens), f"{arm.seconds:.2f}",
                       f"{arm.tokens_per_second:.1f}", f"{statistics.median(ttft) * 1000:.0f}",
-                      f"{ttft[int(0.9 * (len(ttft) - 1))] * 1000:.0f}")  # fmt: skip
-    console = Console()
+                      f"{ttft[int(0.9 * (len(ttft) - 1))] * 1000:.0f}",
+                      *(f"{arm.cpu[key]:.2f}" for key in processes))  # fmt: skip
+    console = Console(width=160)
     console.print(table)
+    guarded = [arm for arm in arms if arm.name == "guard"]
+    per_token = sum(arm.cpu["guard"] for arm in guarded) / sum(arm.tokens for arm in guarded) * 1e6
+    console.print(f"the guard's own CPU: {per_token:.0f} us per token it relayed")
     direct, guard = (next(a for a in arms if a.name == name and a.concurrency == 8) for name in ("direct", "guard"))
     console.print(f"overhead: {(1 - guard.tokens_per_second / direct.tokens_per_second) * 100:.1f}%")
 
