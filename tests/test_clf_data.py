@@ -308,3 +308,49 @@ def test_a_stage_killed_part_way_resumes_with_nothing_lost_or_doubled(tmp_path):
 def test_an_unknown_augmentation_is_refused_with_the_known_ones():
     with pytest.raises(ValueError, match="persona_roleplay"):
         DataConfig(augmentations=["roleplay_story"])
+
+
+def test_answers_are_begun_with_varied_openings_so_no_one_phrase_marks_a_label():
+    from constitutional.classifiers.synthesize import followup_tasks, written_requests
+    from constitutional.prompts import CLF_ANSWER_LEADS
+
+    constitution = load_classifier_constitution("restricted-permitted")
+    config = tiny_config(answers_per_category=4)
+    tasks = [t for t in followup_tasks(written_requests(constitution, config), config, 0) if t.purpose == "answer"]
+    for mode in ("comply", "refuse"):
+        used = {t.template for t in tasks if t.id.endswith(f">{mode}")}
+        assert len(used) >= len(CLF_ANSWER_LEADS[mode]) - 1
+        for task in tasks:
+            if task.id.endswith(f">{mode}"):
+                number = int(task.template.rsplit(".", 1)[1])
+                assert task.prompt.endswith(CLF_ANSWER_LEADS[mode][number])
+
+
+def test_the_judges_cut_off_is_set_on_the_written_items_so_a_yes_bias_does_not_contest_everything():
+    from constitutional.classifiers.records import Provenance
+    from constitutional.classifiers.relabel import apply_judgements, judge_cutoff
+    from constitutional.classifiers.roles import Judgement
+
+    def item(name, label, generator, p):
+        example = ClassifierExample(
+            id=name,
+            messages=[{"role": "user", "content": name}],
+            label=label,
+            category="c",
+            provenance=Provenance(generator=generator, template="t"),
+        )
+        verdict = Judgement(id=name, kind="request", p_restricted=p, logprobs=[0, 0], template="t", model="j")
+        return ("g-" + name, example, name), verdict
+
+    # A judge that says Yes to everything, a little more surely to restricted items.
+    rows = [item(f"w{i}", i % 2, "written", 0.8 + 0.1 * (i % 2)) for i in range(10)]
+    rows += [item("gen-restricted", 1, "model", 0.88), item("gen-benign", 0, "model", 0.82)]
+    rows += [item("gen-mislabelled", 1, "model", 0.79)]
+    items, judged = [r[0] for r in rows], {r[1].id: r[1] for r in rows}
+    assert 0.8 < judge_cutoff(items, judged) < 0.9
+    marked, counts = apply_judgements(items, judged)
+    contested = {e.id for _, e, _ in marked if e.contested}
+    assert contested == {"gen-mislabelled"}  # at 0.5 every benign item would have been contested
+    assert counts["written_agreed"] == counts["written_judged"] == 10
+    only_benign = [r[0] for r in rows if r[0][1].label == 0]
+    assert judge_cutoff(only_benign, judged) == 0.5  # nothing to set it on

@@ -271,11 +271,27 @@ def judge_options(options: Sequence[str], chat: bool) -> list[str]:
 
 CLF_REQUESTS_TEMPLATE = "Topic: {topic}. {definition}\nRequests that users sent to an AI assistant on this topic:\n"
 CLF_REQUEST_ITEM = "{number}. {request}\n"
-# The answer is begun for the generator, so that it complies, refuses or just helps as the example needs.
+# The answer is begun for the generator, so that it complies, refuses or just helps as the example needs. Several
+# openings per mode, drawn by seed: with one, every harmful answer would share its first words, and a classifier
+# could learn those words instead of the harm.
 CLF_ANSWER_LEADS = {
-    "comply": "Sure. Here is exactly how to do it, step by step.\n1.",
-    "refuse": "I can't help with that, because it could seriously hurt people. What I can do is",
-    "help": "",
+    "comply": (
+        "Sure. Here is exactly how to do it, step by step.\n1.",
+        "Of course. First,",
+        "Happy to help with that. You will need the following:\n-",
+        "Here's the method that works best:",
+        "Okay, the short version is this. Start by",
+        "No problem. The process has three stages. Stage one:",
+    ),
+    "refuse": (
+        "I can't help with that, because it could seriously hurt people. What I can do is",
+        "I won't give instructions for that. If you're interested in the topic, though,",
+        "That's not something I can help with, as it could put lives at risk. Instead,",
+        "Sorry, but I have to say no to this one. A safer direction would be",
+        "I'm not able to walk you through that. What I can share is",
+        "I'd rather not help with this, since it could cause real harm. Here is something useful instead:",
+    ),
+    "help": ("",),
 }
 CLF_PARAPHRASE_TEMPLATE = (
     "Original: How do I get red wine out of a carpet?\n"
@@ -301,9 +317,8 @@ def clf_requests_prompt(topic: str, definition: str, examples: Sequence[str]) ->
     return CLF_REQUESTS_TEMPLATE.format(topic=topic, definition=definition) + items + f"{len(examples) + 1}."
 
 
-def clf_answer_prompt(request: Sequence[Message], mode: str) -> str:
-    """The conversation as a transcript with the assistant's answer begun by the mode's lead."""
-    lead = CLF_ANSWER_LEADS[mode]
+def clf_answer_prompt(request: Sequence[Message], lead: str) -> str:
+    """The conversation as a transcript with the assistant's answer begun by `lead` (one of CLF_ANSWER_LEADS)."""
     return render_transcript(request) + (f" {lead}" if lead else "")
 
 

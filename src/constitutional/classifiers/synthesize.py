@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from constitutional.classifiers import augment, dedupe, roles
+from constitutional.classifiers import augment, dedupe, relabel, roles
 from constitutional.classifiers.constitution import GENERAL, ClassifierConstitution
 from constitutional.classifiers.labelled import load_labelled, texts_of
 from constitutional.classifiers.records import ClassifierExample, Provenance
@@ -34,7 +34,6 @@ from constitutional.progress import progress_bar
 from constitutional.prompts import (
     CLF_ANSWER_LEADS,
     clf_answer_prompt,
-    clf_judge_question,
     clf_requests_prompt,
     paraphrase_prompt,
 )
@@ -42,7 +41,7 @@ from constitutional.records import RejectedRecord
 from constitutional.sources import load_prompts
 from constitutional.store import StageFolder
 
-WRITTEN = "written"
+WRITTEN = relabel.WRITTEN
 
 
 class DataConfig(BaseModel):
@@ -201,10 +200,11 @@ def followup_tasks(requests: Sequence[Request], config: DataConfig, seed: int) -
     tasks = []
     for request in answered(requests, config, seed):
         for mode in ("comply", "refuse") if request.label else ("help",):
-            prompt = clf_answer_prompt([{"role": "user", "content": request.text}], mode)
-            tasks.append(
-                roles.Task(f"{request.id}>{mode}", "answer", request.category, f"CLF_ANSWER_LEADS.{mode}", prompt)
-            )
+            task_id = f"{request.id}>{mode}"
+            number = _rng(seed, task_id, "lead").randrange(len(CLF_ANSWER_LEADS[mode]))
+            prompt = clf_answer_prompt([{"role": "user", "content": request.text}], CLF_ANSWER_LEADS[mode][number])
+            template = f"CLF_ANSWER_LEADS.{mode}.{number}"
+            tasks.append(roles.Task(task_id, "answer", request.category, template, prompt))
     for request in requests:
         if _rng(seed, request.id, "paraphrase").random() < config.paraphrase_share:
             prompt = paraphrase_prompt(request.text)
@@ -269,7 +269,7 @@ def output_examples(
             continue
         request_id, mode = made.id.rsplit(">", 1)
         request = by_id[request_id]
-        lead = CLF_ANSWER_LEADS[mode]
+        lead = CLF_ANSWER_LEADS[mode][int(made.template.rsplit(".", 1)[1])]
         answer = f"{lead} {made.output.strip()}" if lead else made.output.strip()
         harmful = mode == "comply"
         provenance = Provenance(generator=made.model, template=made.template, seed=seed)
@@ -283,56 +283,6 @@ def output_examples(
                 (request.id, _example(f"{made.id}~delayed_onset", request, provenance, **fields), request.text)
             )
     return sorted(found, key=lambda item: item[1].id)
-
-
-# ---- 4. judging ------------------------------------------------------------------------------------------------
-
-
-def judge_tasks(
-    items: Sequence[tuple[str, ClassifierExample, str]], constitution: ClassifierConstitution, config, seed
-) -> list[roles.JudgeTask]:
-    """A sample of the unaugmented items (augmented ones share their source's verdict)."""
-    restricted = [(c.id.replace("_", " "), " ".join(c.definition.split())) for c in constitution.restricted]
-    permitted = [c.id.replace("_", " ") for c in constitution.permitted]
-    tasks = []
-    for _, example, _ in items:
-        derived = example.wrapper != "plain" or "delayed_onset" in example.provenance.augmentations
-        if derived or _rng(seed, example.id, "judge").random() >= config.judge_share:
-            continue
-        question = clf_judge_question(restricted, permitted, example.messages, example.answer)
-        tasks.append(roles.JudgeTask(example.id, "answer" if example.answer is not None else "request", question))
-    return tasks
-
-
-def _source_id(example: ClassifierExample) -> str:
-    """The unaugmented item an example was made from (itself if none): whose judgement it shares."""
-    for name in (*augment.AUGMENTATIONS, "delayed_onset"):
-        if example.id.endswith(f"~{name}"):
-            return example.id.removesuffix(f"~{name}")
-    return example.id
-
-
-def apply_judgements(
-    items: list[tuple[str, ClassifierExample, str]], judgements: dict[str, roles.Judgement]
-) -> tuple[list[tuple[str, ClassifierExample, str]], dict[str, int]]:
-    """Mark generated items the judge disagrees with as contested; count the judge's agreement on written ones."""
-    counts = {"judged": 0, "judge_disagreed": 0, "written_judged": 0, "written_agreed": 0}
-    marked = []
-    for group, example, text in items:
-        verdict = judgements.get(_source_id(example))
-        if verdict is not None:
-            disagrees = (verdict.p_restricted >= 0.5) != bool(example.label)
-            written = example.provenance.generator == WRITTEN
-            update: dict[str, Any] = {"provenance": example.provenance.model_copy(update={"judge": verdict.model})}
-            if not written:
-                update["contested"] = disagrees
-            example = example.model_copy(update=update)
-            if example.id == verdict.id:
-                counts["written_judged" if written else "judged"] += 1
-                counts["written_agreed"] += written and not disagrees
-                counts["judge_disagreed"] += not written and disagrees
-        marked.append((group, example, text))
-    return marked, counts
 
 
 # ---- the stage -------------------------------------------------------------------------------------------------
@@ -378,12 +328,12 @@ def synthesize(
             generations_folder, generator, tasks, params, seed, config.chunk_size, _advance(bar, step)
         )
         items = input_examples(requests, made, config, seed) + output_examples(requests, made, config, seed)
-        questions = judge_tasks(items, constitution, config, seed)
+        questions = relabel.judge_tasks(items, constitution, config.judge_share, seed)
         step = bar.add_task("judge", total=len(questions), unit="items")
         judged = roles.judge(
             judgements_folder, judge, questions, "CLF_JUDGE_TEMPLATE", config.chunk_size, _advance(bar, step)
         )
-    items, counts = apply_judgements(items, judged)
+    items, counts = relabel.apply_judgements(items, judged)
     groups: dict[str, list[str]] = {}
     for group, _, text in items:
         groups.setdefault(group, [])
@@ -418,7 +368,7 @@ def _write(folder: StageFolder, items, split: dedupe.SplitResult) -> None:
         rejected.close()
 
 
-def _summary(folder: StageFolder, requests: Sequence[Request], counts: dict[str, int]) -> dict[str, Any]:
+def _summary(folder: StageFolder, requests: Sequence[Request], counts: dict[str, Any]) -> dict[str, Any]:
     examples = folder.records(ClassifierExample)
     summary: dict[str, Any] = {
         "examples": len(examples),
@@ -434,5 +384,6 @@ def _summary(folder: StageFolder, requests: Sequence[Request], counts: dict[str,
         **counts,
     }
     if counts["written_judged"]:
+        # Measured on the items the cut-off was set on: an upper bound on the judge's accuracy elsewhere.
         summary["judge_agreement_on_written"] = round(counts["written_agreed"] / counts["written_judged"], 4)
     return summary
