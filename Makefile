@@ -23,9 +23,12 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 # The dev extras build llama-cpp-python (about 5 minutes on 2 cores): the real OpenAI-compatible server the
-# openai backend is tested against.
+# openai backend is tested against. verl and OpenRLHF go in with --no-deps (their pins of torch, transformers, vllm
+# and ray conflict with ours): the export tests read our exports with their own loaders.
 $(DEV_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[export-test]"
+	$(BIN)/python -m pip install --quiet --no-deps verl==0.9.1 openrlhf==0.11.2
 	touch $(DEV_STAMP)
 
 install-dev: $(DEV_STAMP)

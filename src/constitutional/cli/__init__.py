@@ -9,6 +9,7 @@ import typer
 from constitutional.cli import common, tools
 from constitutional.cli.classifiers import clf_app
 from constitutional.cli.collective import ccai_app
+from constitutional.cli.export import export, reward_app
 from constitutional.cli.guard import guard_app
 from constitutional.cli.stage_commands import add_pipeline_commands, add_stage_commands
 
@@ -42,6 +43,8 @@ app.add_typer(tools.models_app, name="models")
 app.add_typer(ccai_app, name="ccai")
 app.add_typer(guard_app, name="guard")
 app.add_typer(clf_app, name="clf")
+app.command("export")(export)
+app.add_typer(reward_app, name="reward")
 add_pipeline_commands(app)
 
 
