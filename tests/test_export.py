@@ -201,16 +201,19 @@ def test_manifest_names_the_run_and_the_config_hashes_it_read(run, tmp_path):
         for name in ("sl_generate", "rl_sample", "rl_label")
     }
     assert manifest["files"] == {"prompts/train.jsonl": 11, "sft/train.jsonl": 10, "preference/train.jsonl": 4}
+    assert manifest["prompts_without_reference"] == 0
     assert "trl" in (tmp_path / "trl" / "README.md").read_text()
 
 
 def test_a_run_without_labels_exports_prompts_and_sft_and_says_what_is_missing(tmp_path):
     with RunStore(tmp_path / "run", seed=0) as store:
         _stage(store, "sl_generate", sl_records())
+        _stage(store, "rl_sample", pair_records())
     manifest = export_run(tmp_path / "run", "trl", tmp_path / "out", test_share=0.0)
-    assert manifest.counts == {"prompts": 10, "sft": 10, "preference": 0}
+    assert manifest.counts == {"prompts": 11, "sft": 10, "preference": 0}
     assert "cai rl label" in manifest.not_written["preference"]
     assert not (tmp_path / "out" / "preference").exists()
+    assert manifest.prompts_without_reference == 1  # x1: sampled, never labelled, not an SL-CAI prompt
 
 
 # ---- the command -------------------------------------------------------------------------------------------------

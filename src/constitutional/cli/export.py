@@ -72,6 +72,11 @@ def export(
         console.print("[yellow]no reward[/]: the run has no preference model; --reward judge uses a judge instead")
     else:
         console.print(f"[green]reward[/] {spec.scorer}: {to}/{manifest.reward_module} (bound to {to}/reward.json)")
+        if getattr(spec, "mode", None) == "compare" and manifest.prompts_without_reference:
+            console.print(
+                f"[yellow]note[/]: {manifest.prompts_without_reference} prompts have no answer from the run to "
+                "compare with; the judge refuses completions to them (label their pairs, or use --judge-mode rate)"
+            )
     console.print(f"[green]wrote[/] {to}/export.json; commands in {to}/README.md")
 
 

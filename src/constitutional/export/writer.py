@@ -47,6 +47,9 @@ class ExportManifest(BaseModel):
     files: dict[str, int] = Field(description="Each data file (relative path) and its number of rows.")
     counts: dict[str, int] = Field(description="Rows per table, all splits together.")
     not_written: dict[str, str] = Field(description="Tables left out, and why.")
+    prompts_without_reference: int = Field(
+        description="Prompts the run has no answer to: a judge comparing against the reference cannot score them."
+    )
     reward: dict[str, Any] | None = Field(description="The reward written to reward.json, or None.")
     reward_module: str | None = Field(description="The framework's reward file, bound to reward.json.")
 
@@ -184,6 +187,7 @@ def export_run(
             files=files,
             counts={table: counts[table] for table in TABLES},
             not_written=_not_written(fmt, counts),
+            prompts_without_reference=sum(1 for p in rows.prompts if not p.reference),
             reward=None if reward is None else reward.model_dump(),
             reward_module=module,
         )
