@@ -202,7 +202,7 @@ def test_manifest_names_the_run_and_the_config_hashes_it_read(run, tmp_path):
     }
     assert manifest["files"] == {"prompts/train.jsonl": 11, "sft/train.jsonl": 10, "preference/train.jsonl": 4}
     assert manifest["prompts_without_reference"] == 0
-    assert "trl" in (tmp_path / "trl" / "README.md").read_text()
+    assert f'load_dataset("{(tmp_path / "trl").resolve()}/prompts")' in (tmp_path / "trl" / "README.md").read_text()
 
 
 def test_a_run_without_labels_exports_prompts_and_sft_and_says_what_is_missing(tmp_path):
@@ -266,6 +266,11 @@ def test_reward_pm_without_a_preference_model_says_what_to_run(run, tmp_path):
     result = runner.invoke(app, ["export", str(run), "-f", "trl", "--to", str(tmp_path / "o"), "--reward", "pm"])
     assert result.exit_code == 2 and "caipmtrain" in "".join(result.output.split())
     assert not (tmp_path / "o").exists()
+
+
+def test_reward_serve_refuses_a_missing_reward_before_listening(tmp_path):
+    result = runner.invoke(app, ["reward", "serve", str(tmp_path / "nope.json"), "--port", "1"])
+    assert result.exit_code == 2 and "nosuchrewardfile" in "".join(result.output.split())
 
 
 def test_a_run_with_nothing_to_export_is_refused(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import re
 import socket
 import sys
 import threading
@@ -51,6 +52,13 @@ def tokenizer(tiny_model_path):
 
 def pm_score(exported: Path, record_id: str, answer: str = ANSWER) -> float:
     return PreferenceModel(exported / "run" / "preference_model").score([ask(record_id)], [answer])[0]
+
+
+@pytest.mark.parametrize("fmt", ["verl", "openrlhf"])
+def test_every_path_the_readme_names_exists(exported, fmt):
+    folder = (exported / fmt).resolve()
+    named = re.findall(re.escape(folder.as_posix()) + r"[^\s`\"']*", (folder / "README.md").read_text())
+    assert len(named) >= 3 and all(Path(path).exists() for path in named), named
 
 
 # ---- verl --------------------------------------------------------------------------------------------------------
