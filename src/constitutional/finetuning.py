@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from constitutional import distributed
+
 # Written into every model folder beside the weights.
 TRAINING_LOG = "training_log.json"
 LOSS_CURVE = "loss_curve.png"
@@ -172,9 +174,12 @@ def run_training(trainer: Any, outputs: TrainingOutputs) -> int | None:
     """Train, continuing from the last checkpoint when there is one; returns the step resumed from (None if fresh)."""
     from transformers import TrainerState
 
-    checkpoint = last_checkpoint(outputs.checkpoint_dir)
+    with distributed.main_first():  # the main process drops a half-written checkpoint before the others look
+        checkpoint = last_checkpoint(outputs.checkpoint_dir)
     resumed = None if checkpoint is None else TrainerState.load_from_json(str(Path(checkpoint) / _TRAINER_STATE))
     trainer.train(resume_from_checkpoint=checkpoint)
+    losses = [loss for _, loss in logged(trainer.state.log_history, "loss")]
+    distributed.report(type(trainer).__name__, trainer.state.global_step, losses[-1] if losses else None)
     return None if resumed is None else resumed.global_step
 
 
@@ -219,8 +224,26 @@ def save_trained(
 
     The folder holds `adapter/` (LoRA only), the merged weights as safetensors, the tokenizer, README.md (`card`),
     the training log, the loss curve and `extra_files` (name -> text). It is assembled aside and moved into place,
-    so a kill mid-save leaves the checkpoints to resume from and no half-written model.
+    so a kill mid-save leaves the checkpoints to resume from and no half-written model. Under a multi-process launch
+    every process calls this, and only the main one writes; all return once the folder is in place.
     """
+    distributed.wait_for_everyone()  # all have finished training, so no process still writes into a checkpoint
+    with distributed.full_weights(model):
+        if distributed.is_main():
+            _write_model_folder(model, tokenizer, outputs, lora, card, log_history, extra_files or {})
+    distributed.wait_for_everyone()
+    return outputs.model_dir
+
+
+def _write_model_folder(
+    model: Any,
+    tokenizer: Any,
+    outputs: TrainingOutputs,
+    lora: bool,
+    card: str,
+    log_history: list[dict[str, Any]],
+    extra_files: dict[str, str],
+) -> None:
     staging = outputs.checkpoint_dir / _STAGING
     shutil.rmtree(staging, ignore_errors=True)
     if lora:
@@ -231,10 +254,9 @@ def save_trained(
     (staging / "README.md").write_text(card, encoding="utf-8")
     (staging / TRAINING_LOG).write_text(json.dumps(log_history, indent=2), encoding="utf-8")
     plot_training(log_history, staging / LOSS_CURVE)
-    for name, text in (extra_files or {}).items():
+    for name, text in extra_files.items():
         (staging / name).write_text(text, encoding="utf-8")
     shutil.rmtree(outputs.model_dir, ignore_errors=True)
     outputs.model_dir.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(staging, outputs.model_dir)
     shutil.rmtree(outputs.checkpoint_dir)
-    return outputs.model_dir

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from constitutional import distributed
 from constitutional.errors import InputError
 from constitutional.models import ModelSpec
 from constitutional.recipe import Recipe
@@ -71,6 +72,7 @@ def run_stage(recipe: Recipe, store: RunStore, stage: StageDef, local: dict[str,
     action = _decide(store, stage, fingerprint, force)
     if action == "skipped":
         _log(store, stage.name, "skipped: complete for this fingerprint")
+        distributed.share(action)
         return Outcome(stage.name, action, 0.0, store.status(stage.name).summary)
     if action == "resumed":
         source = "the last training checkpoint" if stage.resume == "checkpoint" else "the records on disk"
@@ -79,6 +81,7 @@ def run_stage(recipe: Recipe, store: RunStore, stage: StageDef, local: dict[str,
         _log(store, stage.name, "starting")
     previous = store.status(stage.name)
     store.start(stage.name, fingerprint)
+    distributed.share(action)  # the other processes of a multi-process launch follow this decision
     began = time.monotonic()
     try:
         summary = stage.run(recipe, Context(store, stage))
@@ -91,6 +94,30 @@ def run_stage(recipe: Recipe, store: RunStore, stage: StageDef, local: dict[str,
     store.finish(stage.name, summary, seconds)
     _log(store, stage.name, f"complete in {seconds:.1f} s: {summary}")
     return Outcome(stage.name, action, seconds, summary)
+
+
+def _follow_stage(recipe: Recipe, run: distributed.ReadOnlyRun, stage: StageDef) -> Outcome:
+    """A process other than the main one in a multi-process launch: it does what the main process decided (skip or
+    run the stage, in which case it trains alongside), and writes nothing of the run itself."""
+    action = distributed.share(None)
+    if action == "skipped":
+        return Outcome(stage.name, action, 0.0)
+    began = time.monotonic()
+    summary = stage.run(recipe, Context(run, stage))
+    return Outcome(stage.name, action, time.monotonic() - began, summary)
+
+
+def _only_training_in_launch(stages: list[StageDef]) -> None:
+    """Several processes split the work of a training stage; any other stage would be done by each of them."""
+    others = [stage.name for stage in stages if stage.resume != "checkpoint"]
+    if distributed.world_size() > 1 and others:
+        raise InputError(
+            f"{distributed.world_size()} processes were launched, and only training stages run in a multi-process "
+            f"launch; {', '.join(others)} would be done once per process",
+            field="--stages",
+            hint="run those stages as one process (`cai run RECIPE --stages ...`; generation scales through a "
+            "vLLM server), and launch only the training stages: --stages sl_train,pm_train,rl_train",
+        )
 
 
 def _abandon(store: RunStore, stage: StageDef, previous, err: BaseException) -> None:
@@ -171,11 +198,15 @@ def run(
     """Run the named stages (default: all, in pipeline order) against the recipe's run directory. `registry` is
     the pipeline they belong to: the CAI stages, or the classifier stages (`stages.CLASSIFIER_STAGES`)."""
     stages = _wanted(names, registry)
+    _only_training_in_launch(stages)
     forced = set(force)
     # Each stage's config, templates, input files, models and upstream are checked before anything is written.
     local = {stage.name: local_fingerprint(recipe, stage) for stage in stages}
     _check_inputs(recipe, stages)
     _check_upstream(recipe, stages)
+    if not distributed.is_main():
+        run = distributed.ReadOnlyRun(recipe.run_dir)
+        return [_follow_stage(recipe, run, s) for s in stages]
     fresh = not Path(recipe.run_dir).exists()
     try:
         with RunStore(recipe.run_dir, recipe.seed) as store:

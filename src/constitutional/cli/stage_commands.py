@@ -29,14 +29,15 @@ def field_help(section: str) -> str:
 
 def run_recipe(recipe_path: Path | None, args: list[str], section: str | None, names, force: bool):
     """Load the recipe with the command line's overrides, run the stages, print what each did."""
-    from constitutional import pipeline
+    from constitutional import distributed, pipeline
     from constitutional.recipe import load_recipe, parse_overrides
     from constitutional.stages import ORDER
 
     recipe = load_recipe(recipe_path, parse_overrides(args, section))
     forced = (names or ORDER) if force else []
     outcomes = pipeline.run(recipe, names, force=forced)
-    print_outcomes(recipe.run_dir, outcomes)
+    if distributed.is_main():  # in a multi-process launch the others said their piece in one line each
+        print_outcomes(recipe.run_dir, outcomes)
     return recipe
 
 
