@@ -68,6 +68,17 @@ def _label(value: Any, path: Path, line: int) -> int:
     return _LABELS[text]
 
 
+def _offset(value: Any, path: Path, line: int) -> int | None:
+    """A character offset, as JSON gives it (a number or null) or CSV (digits, or nothing)."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise InputError(
+        f"harmful_from {value!r} is not a character offset", path=path, line=line, field="harmful_from", hint=_FORMAT
+    )
+
+
 def _messages(row: dict[str, Any], path: Path, line: int) -> list[dict[str, str]]:
     if "messages" in row:
         return row["messages"]  # checked by the record's schema
@@ -89,25 +100,24 @@ def load_labelled(source: str) -> list[ClassifierExample]:
         if example_id in seen:
             raise InputError(f"duplicate id '{example_id}'", path=path, line=line, field="id")
         seen.add(example_id)
-        harmful_from = row.get("harmful_from")
+        label = _label(row["label"], path, line)
+        harmful_from = _offset(row.get("harmful_from"), path, line)
         try:
             examples.append(
                 ClassifierExample(
                     id=example_id,
                     messages=messages,
                     answer=row.get("answer"),
-                    label=_label(row["label"], path, line),
+                    label=label,
                     category=row.get("category") or GENERAL,
-                    harmful_from=int(harmful_from) if isinstance(harmful_from, str) else harmful_from,
+                    harmful_from=harmful_from,
                     wrapper=row.get("wrapper") or "plain",
                     split="test",
                     provenance=Provenance(generator="written", template=source),
                 )
             )
-        except (ValidationError, ValueError) as err:
-            if isinstance(err, ValidationError):
-                raise from_validation(err, path=path, line=line, hint=_FORMAT) from None
-            raise InputError(str(err), path=path, line=line, field="harmful_from", hint=_FORMAT) from None
+        except ValidationError as err:
+            raise from_validation(err, path=path, line=line, hint=_FORMAT) from None
     if not examples:
         raise InputError("no labelled row in the file", path=path, hint=_FORMAT)
     return examples
