@@ -8,6 +8,7 @@ import math
 import pytest
 from doubles import DiesOnCall
 
+from constitutional.errors import InputError
 from constitutional.models.base import SamplingParams
 from constitutional.models.spec import ModelSpec
 from constitutional.pairs import PairsConfig, sample, sample_pairs
@@ -123,6 +124,12 @@ def test_prompts_that_leave_no_room_for_an_answer_in_the_context_window_are_reje
     # A rerun skips it as done, without asking again.
     sample(stage, policy, "c@1", config, seed=0)
     assert len(stage.rejected()) == 1
+    # A file none of whose prompts fits is an error before anything is written, not a stage of 0 pairs.
+    prompts.write_text(json.dumps({"id": "long", "prompt": "bread " * 30}) + "\n")
+    empty = StageFolder(tmp_path / "run2" / "rl_sample")
+    with pytest.raises(InputError, match=r"p\.jsonl: none of its 1 prompt\(s\) fits the model: prompt of \d+ tokens"):
+        sample(empty, policy, "c@1", config, seed=0)
+    assert empty.rejected() == [] and empty.records(PairRecord) == []
 
 
 def test_rerun_after_interruption_samples_only_the_missing_prompts(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 from doubles import DiesOnCall
 
 from constitutional.constitution import load_constitution
+from constitutional.errors import InputError
 from constitutional.models.base import SamplingParams
 from constitutional.records import PromptRecord, SLRecord
 from constitutional.sl import SLConfig, generate, revise
@@ -146,6 +147,12 @@ def test_prompts_whose_revision_requests_would_not_fit_the_context_window_are_re
     kinds = sorted((r.kind, len(r.prompt[-1]["content"]) > len(long)) for r in stage.records(SLRecord))
     assert kinds == [("helpful", True), ("red_team", False)]
     assert summary["rejected"] == 1
+    # A file none of whose prompts fits is an error before anything is written, not a stage of 0 records.
+    (tmp_path / "red.txt").write_text(f"{long}\n")
+    empty = StageFolder(tmp_path / "run2" / "sl_generate")
+    with pytest.raises(InputError, match=r"red\.txt: none of its 1 prompt\(s\) fits the model: its longest revision"):
+        generate(empty, policy, constitution, config.model_copy(update={"max_prompt_chars": 10**5}), seed=0)
+    assert empty.rejected() == [] and empty.records(SLRecord) == []
 
 
 def test_rerun_after_interruption_generates_only_missing_prompts(tmp_path):

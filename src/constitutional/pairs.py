@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from constitutional.models.base import LanguageModel, SamplingParams, context_overflows
 from constitutional.progress import progress_bar
 from constitutional.records import PairRecord, PromptRecord, RejectedRecord
-from constitutional.sources import load_prompts, split_refused
+from constitutional.sources import load_prompts, require_fitting, split_refused
 from constitutional.store import StageFolder
 
 
@@ -118,10 +118,11 @@ def sample(stage: StageFolder, policy: LanguageModel, constitution: str, config:
         if source is None:
             continue
         accepted, refused = load_prompts(source, config.prompt_column, config.max_prompt_chars)
+        accepted = accepted[: config.max_prompts]
+        candidates = [p for p in accepted if p.id not in done]
+        todo, too_long = fit_context(policy, candidates, config.sampling.max_new_tokens)
+        require_fitting(source, todo, too_long, answered=len(candidates) < len(accepted))
         rejected_out.write(r for r in refused if r.id not in done)
-        todo, too_long = fit_context(
-            policy, [p for p in accepted[: config.max_prompts] if p.id not in done], config.sampling.max_new_tokens
-        )
         rejected_out.write(too_long)
         work.append((kind, todo))
     try:

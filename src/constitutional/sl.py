@@ -17,7 +17,7 @@ from constitutional.models.base import LanguageModel, Message, SamplingParams, c
 from constitutional.progress import progress_bar
 from constitutional.prompts import critique_prompt, demonstration_turns, revision_prompt
 from constitutional.records import PromptRecord, RejectedRecord, RevisionStep, SLRecord
-from constitutional.sources import load_prompts, split_refused
+from constitutional.sources import load_prompts, require_fitting, split_refused
 from constitutional.store import StageFolder
 
 
@@ -186,8 +186,10 @@ def generate(
             continue
         accepted, rejected = load_prompts(source, config.prompt_column, config.max_prompt_chars)
         accepted = accepted[: config.max_prompts]
+        candidates = [p for p in accepted if p.id not in done]
+        todo, too_long = fit_context(policy, constitution, candidates, kind, config)
+        require_fitting(source, todo, too_long, answered=len(candidates) < len(accepted))
         rejected_out.write(r for r in rejected if r.id not in done)
-        todo, too_long = fit_context(policy, constitution, [p for p in accepted if p.id not in done], kind, config)
         rejected_out.write(too_long)
         work.append((kind, todo))
     total = sum(len(items) * (_calls_per_prompt(config) if kind == "red_team" else 1) for kind, items in work)

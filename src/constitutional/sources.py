@@ -191,3 +191,16 @@ def split_refused(
         if reason is not None
     ]
     return kept, refused
+
+
+def require_fitting(source: str, kept: Sequence[PromptRecord], refused: Sequence[RejectedRecord], answered: bool):
+    """A prompt file none of whose prompts the model can read is an input error, not a stage of 0 records.
+
+    `answered`: some of its prompts are done already (a resumed stage), so what is left may all be refused.
+    """
+    if refused and not kept and not answered:
+        raise InputError(
+            f"none of its {len(refused)} prompt(s) fits the model: {refused[0].reason.removeprefix(f'{source}: ')}",
+            path=source,
+            hint="shorten the prompts, lower max_new_tokens, or use a model with a longer context window",
+        )
