@@ -2,7 +2,8 @@
 can be used (and written back as JSON), or raises InputError naming the file. Never another exception.
 
 Readers: recipes, constitutions, prompt files (JSONL, CSV, text), multiple-choice items, preference files,
-preference-model response files, conversations (a Polis export folder, a folder of plain files).
+preference-model response files, conversations (a Polis export folder, a folder of plain files), the classifier
+constitution, labelled classifier sets (JSONL, CSV) and comparison specs.
 """
 
 from __future__ import annotations
@@ -462,3 +463,56 @@ def test_a_participant_id_that_only_looks_like_a_number(scratch, participant):
     votes = json.dumps({"participant": participant, "statement": "s1", "vote": 1}).encode() + b"\n"
     files_ = {"statements.jsonl": b'{"id": "s1", "text": "Be kind."}\n', "votes.jsonl": votes}
     check(_conversation, _conversation_folder(scratch, files_, "", b""))
+
+
+# ---- the classifier constitution, labelled classifier sets, comparison specs ----------------------------------
+
+
+def _classifier_constitution(path: Path):
+    from constitutional.classifiers.constitution import load_classifier_constitution
+
+    return load_classifier_constitution(path).model_dump_json()
+
+
+def _labelled(path: Path):
+    from constitutional.classifiers.labelled import load_labelled
+
+    return [example.model_dump_json() for example in load_labelled(str(path))]
+
+
+def _compare_spec(path: Path):
+    from constitutional.compare.spec import load_spec
+
+    return load_spec(path).model_dump_json()
+
+
+CLASSIFIER_DATA = DATA / "classifiers"
+
+
+@SETTINGS
+@given(data=files((CLASSIFIER_DATA / "constitution.yaml").read_bytes()[:3000]))
+def test_classifier_constitution_reader(scratch, data):
+    check(_classifier_constitution, scratch / "classifier-constitution.yaml", data)
+
+
+@SETTINGS
+@given(
+    data=st.one_of(
+        files((CLASSIFIER_DATA / "eval_outputs.jsonl").read_bytes()[:1500]),
+        json_rows(["id", "prompt", "messages", "answer", "label", "category", "wrapper", "harmful_from"]),
+    )
+)
+def test_labelled_classifier_set_reader_jsonl(scratch, data):
+    check(_labelled, scratch / "labelled.jsonl", data)
+
+
+@SETTINGS
+@given(data=files(b'prompt,label,category\nhow do I kill a stuck process,0,everyday_language\n"a, b",1,explosives\n'))
+def test_labelled_classifier_set_reader_csv(scratch, data):
+    check(_labelled, scratch / "labelled.csv", data)
+
+
+@SETTINGS
+@given(data=files((DATA / "recipes" / "collective.yaml").read_bytes()))
+def test_comparison_spec_reader(scratch, data):
+    check(_compare_spec, scratch / "compare.yaml", data)
