@@ -129,7 +129,7 @@ def _abandon(store: RunStore, stage: StageDef, previous, err: BaseException) -> 
         pass  # the directory cannot be written to: the original error says more than this one
 
 
-def _wanted(names: Iterable[str] | None, registry: dict[str, StageDef]) -> list[StageDef]:
+def wanted_stages(names: Iterable[str] | None, registry: dict[str, StageDef]) -> list[StageDef]:
     order = list(registry)
     wanted = order if names is None else list(names)
     unknown = [n for n in wanted if n not in registry]
@@ -138,7 +138,7 @@ def _wanted(names: Iterable[str] | None, registry: dict[str, StageDef]) -> list[
     return [registry[name] for name in order if name in wanted]
 
 
-def _check_upstream(recipe: Recipe, stages: list[StageDef]) -> None:
+def check_upstream(recipe: Recipe, stages: list[StageDef]) -> None:
     """Every stage's required upstream is complete already or runs first in this call, else say which command."""
     run_dir = Path(recipe.run_dir)
     existing = RunView(run_dir) if (run_dir / MANIFEST).is_file() else None
@@ -152,7 +152,7 @@ def _check_upstream(recipe: Recipe, stages: list[StageDef]) -> None:
                 )
 
 
-def _models(recipe: Recipe, stage: StageDef) -> list[tuple[str, ModelSpec]]:
+def stage_models(recipe: Recipe, stage: StageDef) -> list[tuple[str, ModelSpec]]:
     """(recipe field, spec) of every model the stage loads: each role its fingerprint names, and the models its
     own section names (evaluation candidates, a preference model's base)."""
     config = stage.config(recipe)
@@ -166,24 +166,30 @@ def _models(recipe: Recipe, stage: StageDef) -> list[tuple[str, ModelSpec]]:
     return found
 
 
-def _check_inputs(recipe: Recipe, stages: list[StageDef]) -> None:
-    """Every input file parses and holds something to work on; every model can be found. Reads, writes nothing."""
-    from constitutional.models import check_model
+def check_input_files(recipe: Recipe, stage: StageDef) -> None:
+    """Every input file of the stage parses and holds something to work on. Reads, writes nothing."""
     from constitutional.preference import load_preference_file
     from constitutional.sources import load_prompts
 
+    section = getattr(recipe, stage.section, None) if stage.section else None
+    for source in stage.inputs(recipe):
+        if source is None:
+            continue
+        if source == getattr(section, "preference_data", None):
+            load_preference_file(source)
+        else:
+            column = getattr(section, "prompt_column", "prompt")
+            load_prompts(source, column, getattr(section, "max_prompt_chars", 2000))
+
+
+def _check_inputs(recipe: Recipe, stages: list[StageDef]) -> None:
+    """Every input file parses and holds something to work on; every model can be found. Reads, writes nothing."""
+    from constitutional.models import check_model
+
     run_dir = Path(recipe.run_dir).absolute()
     for stage in stages:
-        section = getattr(recipe, stage.section, None) if stage.section else None
-        for source in stage.inputs(recipe):
-            if source is None:
-                continue
-            if source == getattr(section, "preference_data", None):
-                load_preference_file(source)
-            else:
-                column = getattr(section, "prompt_column", "prompt")
-                load_prompts(source, column, getattr(section, "max_prompt_chars", 2000))
-        for place, spec in _models(recipe, stage):
+        check_input_files(recipe, stage)
+        for place, spec in stage_models(recipe, stage):
             # A model a stage of this run writes is checked when it is loaded.
             if not Path(spec.name).absolute().is_relative_to(run_dir):
                 check_model(spec, place)
@@ -197,13 +203,13 @@ def run(
 ) -> list[Outcome]:
     """Run the named stages (default: all, in pipeline order) against the recipe's run directory. `registry` is
     the pipeline they belong to: the CAI stages, or the classifier stages (`stages.CLASSIFIER_STAGES`)."""
-    stages = _wanted(names, registry)
+    stages = wanted_stages(names, registry)
     _only_training_in_launch(stages)
     forced = set(force)
     # Each stage's config, templates, input files, models and upstream are checked before anything is written.
     local = {stage.name: local_fingerprint(recipe, stage) for stage in stages}
     _check_inputs(recipe, stages)
-    _check_upstream(recipe, stages)
+    check_upstream(recipe, stages)
     if not distributed.is_main():
         run = distributed.ReadOnlyRun(recipe.run_dir)
         return [_follow_stage(recipe, run, s) for s in stages]

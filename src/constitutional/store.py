@@ -97,7 +97,7 @@ class StageFolder:
         return ShardWriter(self.dir / f"part-{stamp}.jsonl"), ShardWriter(self.dir / f"rejected-{stamp}.jsonl")
 
 
-def _refuse_foreign(run_dir: Path) -> None:
+def refuse_foreign(run_dir: Path) -> None:
     """A run directory is new, empty, or has a manifest: never write into a file or someone else's folder."""
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError("exists and is not a directory", path=run_dir, hint="choose another --run-dir")
@@ -132,7 +132,7 @@ class RunStore:
 
     def __init__(self, run_dir: str | Path, seed: int = 0):
         self.dir = Path(run_dir)
-        _refuse_foreign(self.dir)
+        refuse_foreign(self.dir)
         self.manifest_path = self.dir / MANIFEST
         try:
             self.dir.mkdir(parents=True, exist_ok=True)

@@ -109,13 +109,27 @@ def add_pipeline_commands(app: typer.Typer) -> None:
         recipe_path: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML; flags override it.")],
         stages: StagesOption = None,
         force: ForceOption = False,
+        dry_run: Annotated[
+            bool,
+            typer.Option(
+                "--dry-run",
+                help="Check every model, server, input file and the run directory, print each stage's memory "
+                "estimate, and stop (exit 2 on a problem). Writes nothing.",
+            ),
+        ] = False,
     ) -> None:
         """Run a recipe's stages in order: SL generate, SL train, sample, label, PM, RL, evaluate, report.
 
         A stage complete for the same fingerprint is skipped, a stage stopped part-way resumes (from records or its
         last training checkpoint), a stage whose fingerprint changed is redone. Decisions go to
-        `RUN_DIR/stages.log`. Example: `cai run recipes/demo.yaml --stages sl_generate,sl_train --run-dir runs/mine`
+        `RUN_DIR/stages.log`. Example: `cai run recipes/demo.yaml --stages sl_generate,sl_train --run-dir runs/mine`;
+        check first with `cai run recipes/gpu.yaml --dry-run`.
         """
+        if dry_run:
+            from constitutional.cli.dryrun import dry_run as check
+
+            check(recipe_path, ctx.args, stages)
+            return
         _run_and_point(recipe_path, ctx, stages, force)
 
     @app.command("demo", context_settings=OVERRIDES)
