@@ -236,7 +236,8 @@ def test_a_launch_of_several_processes_refuses_stages_that_are_not_training(prep
 def test_one_process_is_a_launch_of_one(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.delenv("RANK", raising=False)
+    group_before = torch.distributed.is_initialized()
     assert distributed.world_size() == 1 and distributed.is_main()
     assert distributed.share("decided") == "decided"
     distributed.wait_for_everyone()  # returns at once: nothing to wait for
-    assert torch.distributed.is_available() and not torch.distributed.is_initialized()
+    assert torch.distributed.is_initialized() == group_before  # no process group was started for a launch of one
