@@ -1,10 +1,10 @@
 """Generation tokens/s with and without the streaming output classifier attached: same model, prompts and settings,
 one run, arms interleaved.
 
-The classifier is attached the cheap way (`StreamModel.attached`): its backbone is the generating model, so a forward
-hook hands the value head the hidden states generation computes anyway, and a stopping criterion runs the head once
-per token. Its threshold is set to 1.0 here, which no score exceeds, so both arms generate exactly the same tokens
-(greedy decoding; checked) and the difference is the classifier's cost alone. A trained classifier folder
+The classifier is attached the cheap way (`classifiers.attached.attach`): its backbone is the generating model, so a
+forward hook hands the value head the hidden states generation computes anyway, and a stopping criterion runs the
+head once per token. Its threshold is set to 1.0 here, which no score exceeds, so both arms generate exactly the same
+tokens (greedy decoding; checked) and the difference is the classifier's cost alone. A trained classifier folder
 (`--classifier`) is used when given; otherwise a freshly initialised head of the default shape, which costs the same.
 
 For comparison, a third row times the guard's way of scoring the same answers when the generating model is another
@@ -25,9 +25,10 @@ from rich.console import Console
 from rich.table import Table
 from transformers import StoppingCriteria
 
+from constitutional.classifiers.attached import GenerationWatch, attach
 from constitutional.classifiers.saved import load_output_classifier
 from constitutional.classifiers.settings import StreamClassifierSettings
-from constitutional.classifiers.stream_model import GenerationWatch, StreamModel, ValueHead
+from constitutional.classifiers.stream_model import StreamModel, ValueHead
 from constitutional.models import ModelSpec, SamplingParams, load_model
 from constitutional.sources import load_prompts
 
@@ -82,7 +83,7 @@ class TimedWatch:
 
 def generate_attached(classifier: StreamModel, policy, prompts, params) -> tuple[list[str], float]:
     """Answers generated with the classifier attached, and the seconds spent in it."""
-    with classifier.attached(policy) as watch:
+    with attach(classifier, policy) as watch:
         timed = TimedWatch(watch)
         return policy.generate(prompts, params, watch=timed), timed.seconds
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from transformers import StoppingCriteriaList
 
+from constitutional.classifiers.attached import attach, generate_guarded
 from constitutional.classifiers.records import ClassifierExample, Provenance
 from constitutional.classifiers.settings import StreamClassifierSettings
 from constitutional.classifiers.stream_model import (
     StreamModel,
     ValueHead,
-    generate_guarded,
     stream_loss,
     token_targets,
     train_stream_classifier,
@@ -174,7 +174,7 @@ def test_the_verdict_is_the_running_maximum_and_stays_flagged(classifier):
 def test_attached_scores_equal_scoring_the_generated_tokens(classifier, backbone):
     classifier.threshold = 2.0  # never crossed: the whole answer is generated and scored
     prompt = classifier.prefix_ids(CONVERSATION)
-    with classifier.attached(backbone) as watch:
+    with attach(classifier, backbone) as watch:
         watch.end_tokens = set()  # the random model may sample its end token; generation here runs past it
         out = backbone.model.generate(
             torch.tensor([prompt]),
@@ -195,7 +195,7 @@ def test_scores_stop_where_the_answer_ends(classifier, backbone):
     classifier.threshold = 2.0
     prompt = classifier.prefix_ids(CONVERSATION)
     end = backbone.tokenizer.pad_token_id
-    with classifier.attached(backbone) as watch:
+    with attach(classifier, backbone) as watch:
         stop = watch(len(prompt), [0])
         for answer in ([5, 6], [5, 6, end], [5, 6, end, end]):  # each call reads the token before the newest
             backbone.model.get_decoder()(input_ids=torch.tensor([prompt + answer[:-1]]))
@@ -223,7 +223,7 @@ def test_attaching_to_another_model_is_refused(classifier, tiny_model_path):
     other = load_model(ModelSpec(name=str(tiny_model_path), dtype="float32"))
     with torch.no_grad():
         other.model.get_decoder().layers[-1].mlp.down_proj.weight.add_(0.01)
-    with pytest.raises(InputError, match="another model"), classifier.attached(other):
+    with pytest.raises(InputError, match="another model"), attach(classifier, other):
         pass
 
 

@@ -89,12 +89,13 @@ def _print_evaluation(run_dir: str) -> None:
 @clf_app.command("data", context_settings=OVERRIDES, epilog=_fields("constitution", "data"))
 @friendly_errors
 def data(ctx: typer.Context, config: ConfigOption = None, force: ForceOption = False) -> None:
-    """Write the synthetic classifier data: the constitution's examples, generated requests and answers, their
-    augmentations, a judged sample (disagreements kept as contested), split with no duplicate across splits.
+    """Write the synthetic classifier data in two stages: the pool (the constitution's examples, generated requests,
+    answers and paraphrases, a judged sample), then the examples (augmented, contested where the judge disagreed,
+    split with no duplicate across splits). Changing only how the pool is augmented or split redoes only the second.
 
     Resumes where a previous run stopped. Example: `cai clf data --config recipes/classifiers.yaml --data.rounds 1`
     """
-    _run(config, ctx.args, ["clf_data"], force)
+    _run(config, ctx.args, ["clf_generate", "clf_data"], force)
 
 
 @clf_app.command("train", context_settings=OVERRIDES, epilog=_fields("train_on_contested", "input", "output"))
@@ -187,7 +188,7 @@ def score(
         out.print(_verdict(f"output classifier ({scorer.tokens} answer tokens)", verdict))
         _print_trace(scorer.scores, stream.threshold)
     if generate:
-        from constitutional.classifiers.stream_model import generate_guarded
+        from constitutional.classifiers.attached import generate_guarded
         from constitutional.models import SamplingParams
 
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
