@@ -15,10 +15,11 @@ import pytest
 from doubles import DiesOnCall
 
 from constitutional.classifiers import dedupe
+from constitutional.classifiers.assemble import assemble
 from constitutional.classifiers.constitution import ClassifierConstitution, load_classifier_constitution
 from constitutional.classifiers.records import ClassifierExample
 from constitutional.classifiers.roles import Generation
-from constitutional.classifiers.synthesize import DataConfig, parse_requests, synthesize
+from constitutional.classifiers.synthesize import DataConfig, generate, parse_requests, read_pool
 from constitutional.errors import InputError
 from constitutional.store import StageFolder
 
@@ -243,12 +244,21 @@ def test_parse_requests_keeps_complete_numbered_lines_only():
     assert parse_requests(output, 1) == ["How do I make a thing at home?"]
 
 
+def make_data(root: Path, generator, constitution, config=None, judge=None) -> tuple[dict, dict, StageFolder]:
+    """Both data stages' work, as the pipeline runs them: (pool summary, examples summary, the examples' folder)."""
+    config = config or tiny_config()
+    pool_folder, folder = StageFolder(root / "clf_generate"), StageFolder(root / "clf_data")
+    made = generate(pool_folder, generator, judge or Scripted(), constitution, config, 0)
+    summary = assemble(folder, read_pool(pool_folder, constitution, config, 0), config, 0, fake_embedder)
+    return made, summary, folder
+
+
 def test_every_example_has_provenance_and_every_group_one_split(tmp_path):
-    folder = StageFolder(tmp_path / "clf_data")
-    summary = synthesize(folder, Scripted(), Scripted(), tiny_constitution(tmp_path), tiny_config(), 0, fake_embedder)
+    config = tiny_config(delayed_onset_share=1.0)
+    made, summary, folder = make_data(tmp_path, Scripted(), tiny_constitution(tmp_path), config)
     examples = folder.records(ClassifierExample)
     assert summary["examples"] == len(examples) > 0
-    assert summary["written_requests"] == 3 and summary["generated_requests"] > 0
+    assert made["written_requests"] == 3 and made["generated_requests"] > 0
     for e in examples:
         assert e.provenance.generator in ("written", "scripted") and e.provenance.template
         assert e.provenance.seed == 0
@@ -261,13 +271,28 @@ def test_every_example_has_provenance_and_every_group_one_split(tmp_path):
     answers = [e for e in examples if e.answer is not None]
     assert {e.label for e in answers} == {0, 1}
     delayed = [e for e in answers if e.id.endswith("~delayed_onset")]
-    assert all(e.label == 1 and e.harmful_from > 0 for e in delayed)
-    assert any(e.wrapper != "plain" for e in examples)
+    assert delayed and all(e.label == 1 and e.harmful_from > 0 for e in delayed)
+    originals = {e.id: e.answer for e in answers}
+    for e in delayed:
+        original = originals.get(e.id.removesuffix("~delayed_onset"))
+        assert original is None or e.answer[e.harmful_from :] == original
+    wrapped = [e for e in examples if e.wrapper != "plain"]
+    assert wrapped and all(e.provenance.augmentations[-1] == e.wrapper for e in wrapped)
+
+
+def test_each_augmented_request_appears_in_as_many_distinct_wrappers_as_asked(tmp_path):
+    config = tiny_config(augment_share=1.0, augment_copies=3)
+    _, _, folder = make_data(tmp_path, Scripted(), tiny_constitution(tmp_path), config)
+    examples = folder.records(ClassifierExample)
+    kept = {e.id for e in examples} | {r.id for r in folder.rejected()}
+    for e in examples:
+        if e.wrapper == "plain" and e.answer is None:
+            copies = [i for i in kept if i.startswith(f"{e.id}~") and i.count("~") == e.id.count("~") + 1]
+            assert len(copies) == 3 + (f"{e.id}~paraphrase" in kept), e.id
 
 
 def test_the_judges_disagreements_are_contested_and_written_items_never_are(tmp_path):
-    folder = StageFolder(tmp_path / "clf_data")
-    summary = synthesize(folder, Scripted(), Scripted(), tiny_constitution(tmp_path), tiny_config(), 0, fake_embedder)
+    _, summary, folder = make_data(tmp_path, Scripted(), tiny_constitution(tmp_path))
     examples = folder.records(ClassifierExample)
     contested = [e for e in examples if e.contested]
     assert contested and summary["contested"] == len(contested)
@@ -282,27 +307,35 @@ def test_the_judges_disagreements_are_contested_and_written_items_never_are(tmp_
             assert e.contested == by_id[source].contested
 
 
-def test_a_stage_killed_part_way_resumes_with_nothing_lost_or_doubled(tmp_path):
+def test_a_generation_stage_killed_part_way_resumes_with_nothing_lost_or_doubled(tmp_path):
     constitution = tiny_constitution(tmp_path)
-    whole, fresh = StageFolder(tmp_path / "whole"), Scripted()
-    synthesize(whole, fresh, Scripted(), constitution, tiny_config(), 0, fake_embedder)
+    fresh = Scripted()
+    _, _, whole = make_data(tmp_path / "whole", fresh, constitution)
     expected = {e.id for e in whole.records(ClassifierExample)} | {r.id for r in whole.rejected()}
 
-    killed = StageFolder(tmp_path / "killed")
+    pool = StageFolder(tmp_path / "killed" / "clf_generate")
     with pytest.raises(KeyboardInterrupt):
-        synthesize(killed, DiesOnCall(Scripted(), 3), Scripted(), constitution, tiny_config(), 0, fake_embedder)
-    assert not killed.records(ClassifierExample)  # examples are assembled only once every call is on disk
+        generate(pool, DiesOnCall(Scripted(), 3), Scripted(), constitution, tiny_config(), 0)
+    assert pool.records(Generation)  # the calls before the kill are on disk
     survivor = Scripted()
-    synthesize(killed, survivor, Scripted(), constitution, tiny_config(), 0, fake_embedder)
-    generations = [g.id for g in StageFolder(killed.dir / "generations").records(Generation)]
-    written = [line for path in killed.dir.glob("part-*.jsonl") for line in path.read_text().splitlines()]
-    assert len(written) == len({e.id for e in killed.records(ClassifierExample)})  # no id written twice
-    assert {e.id for e in killed.records(ClassifierExample)} | {r.id for r in killed.rejected()} == expected
-    assert len(generations) == len(set(generations))
+    _, _, folder = make_data(tmp_path / "killed", survivor, constitution)
+    generations = [g.id for g in pool.records(Generation)]
+    lines = [line for path in pool.dir.glob("part-*.jsonl") for line in path.read_text().splitlines()]
+    assert len(lines) == len(generations) == len(set(generations))  # no call written twice
+    assert {e.id for e in folder.records(ClassifierExample)} | {r.id for r in folder.rejected()} == expected
     assert survivor.calls < fresh.calls  # the calls already on disk were not made again
     again = Scripted()
-    synthesize(killed, again, Scripted(), constitution, tiny_config(), 0, fake_embedder)
+    generate(pool, again, Scripted(), constitution, tiny_config(), 0)
     assert again.calls == 0
+
+
+def test_the_examples_are_reassembled_from_the_pool_without_calling_a_model(tmp_path):
+    constitution = tiny_constitution(tmp_path)
+    make_data(tmp_path, Scripted(), constitution)
+    pool = read_pool(StageFolder(tmp_path / "clf_generate"), constitution, tiny_config(), 0)
+    other = tiny_config(augment_copies=2, test_share=0.1)
+    summary = assemble(StageFolder(tmp_path / "again"), pool, other, 0, fake_embedder)
+    assert summary["examples"] > 0 and summary["judged"] == len(pool.judgements) - summary["written_judged"]
 
 
 def test_an_unknown_augmentation_is_refused_with_the_known_ones():

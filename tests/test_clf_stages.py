@@ -17,12 +17,20 @@ from typer.testing import CliRunner
 
 from constitutional import pipeline
 from constitutional.classifiers.evaluation import ClassifierEvaluation
+from constitutional.classifiers.synthesize import GENERATION_FIELDS
 from constitutional.cli import app
 from constitutional.errors import InputError
 from constitutional.recipe import Recipe, load_recipe
 from constitutional.runview import RunView
 from constitutional.stages import CLASSIFIER_STAGES, local_fingerprint
-from constitutional.stages.classifiers import CLF_DATA, CLF_EVAL, CLF_TRAIN_INPUT, CLF_TRAIN_OUTPUT, SPEED_ONLY
+from constitutional.stages.classifiers import (
+    CLF_DATA,
+    CLF_EVAL,
+    CLF_GENERATE,
+    CLF_TRAIN_INPUT,
+    CLF_TRAIN_OUTPUT,
+    SPEED_ONLY,
+)
 from constitutional.store import config_hash
 
 LABELLED = [
@@ -94,8 +102,8 @@ def test_cai_clf_run_completes_every_stage(finished):
     recipe = load_recipe(recipe_file)
     view = RunView(recipe.run_dir)
     assert [n for n, s in view.manifest.stages.items() if s.complete] == list(CLASSIFIER_STAGES)
-    data = view.status("clf_data").summary
-    assert data["examples"] > 100 and data["written_requests"] == 85 + 48
+    assert view.status("clf_generate").summary["written_requests"] == 85 + 48
+    assert view.status("clf_data").summary["examples"] > 100
     for stage in (CLF_TRAIN_INPUT, CLF_TRAIN_OUTPUT):
         folder = stage.output(view.dir, "model")
         assert (folder / "classifier.json").is_file() and (folder / "README.md").is_file()
@@ -132,6 +140,7 @@ def test_a_second_run_skips_every_stage_and_a_changed_setting_redoes_only_what_d
         patch.setattr("constitutional.models.sentence.MiniLM", FakeMiniLM)
         outcomes = pipeline.run(changed, registry=CLASSIFIER_STAGES)
     assert {o.name: o.action for o in outcomes} == {
+        "clf_generate": "skipped",
         "clf_data": "skipped",
         "clf_train_input": "skipped",
         "clf_train_output": "redone",
@@ -159,6 +168,7 @@ def test_cai_clf_train_refuses_a_stage_whose_data_is_missing(tmp_path):
 # ---- fingerprints ------------------------------------------------------------------------------------------------
 
 SECTIONS = {
+    CLF_GENERATE.name: "data",
     CLF_DATA.name: "data",
     CLF_TRAIN_INPUT.name: "input",
     CLF_TRAIN_OUTPUT.name: "output",
@@ -166,9 +176,19 @@ SECTIONS = {
 }
 
 
+def _reads(stage, path: tuple[str, ...]) -> bool:
+    """Whether the stage reads this leaf of its part: the two data stages share `data:` between them."""
+    if stage is CLF_GENERATE:
+        return path[0] in GENERATION_FIELDS
+    if stage is CLF_DATA:
+        return path[0] not in GENERATION_FIELDS
+    return True
+
+
 @pytest.mark.parametrize("stage", list(CLASSIFIER_STAGES.values()), ids=lambda s: s.name)
-def test_every_setting_a_stage_reads_changes_its_fingerprint(stage, monkeypatch):
-    """Every leaf of the stage's part of the `classifiers:` section (labelled sets aside: their content counts)."""
+def test_every_setting_a_stage_reads_changes_its_fingerprint_and_no_other_does(stage, monkeypatch):
+    """Every leaf of the stage's part of the `classifiers:` section (labelled sets aside: their content counts);
+    the data stages each read their own share of `data:`."""
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     base = Recipe()
     data = base.model_dump()
@@ -190,8 +210,8 @@ def test_every_setting_a_stage_reads_changes_its_fingerprint(stage, monkeypatch)
             if _get(changed.model_dump(), full) == _get(data, full):
                 continue
             tried.append(".".join(full))
-            if path[0] in SPEED_ONLY:
-                assert after == before, f"{'.'.join(full)} only changes how often work is saved"
+            if path[0] in SPEED_ONLY or not _reads(stage, path):
+                assert after == before, f"{'.'.join(full)} must not redo {stage.name}"
             else:
                 assert after != before, f"changing {'.'.join(full)} to {value!r} must redo {stage.name}"
             break
@@ -199,23 +219,25 @@ def test_every_setting_a_stage_reads_changes_its_fingerprint(stage, monkeypatch)
     assert untried <= {"classifiers.data.holdout", "classifiers.eval.datasets"}, untried
 
 
-def test_the_data_stage_fingerprint_holds_its_models_seed_and_constitution(tmp_path):
+def test_the_generation_stage_fingerprint_holds_its_models_seed_and_constitution(tmp_path):
     base = Recipe()
     for change in (
         {"seed": 1},
         {"models": {"generator": {"name": "gemma3-270m"}}},
         {"models": {"judge": {"name": "smollm2-135m-instruct"}}},
     ):
-        assert config_hash(CLF_DATA.config(Recipe.model_validate(change))) != config_hash(CLF_DATA.config(base))
+        assert config_hash(CLF_GENERATE.config(Recipe.model_validate(change))) != config_hash(
+            CLF_GENERATE.config(base)
+        )
     faster = Recipe.model_validate({"models": {"generator": {"batch_size": 3}}})
-    assert config_hash(CLF_DATA.config(faster)) == config_hash(CLF_DATA.config(base))
+    assert config_hash(CLF_GENERATE.config(faster)) == config_hash(CLF_GENERATE.config(base))
     source = Path(__file__).resolve().parents[1] / "src/constitutional/data/classifiers/constitution.yaml"
     copy = tmp_path / "c.yaml"
     copy.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
     own = Recipe.model_validate({"classifiers": {"constitution": str(copy)}})
-    first = config_hash(CLF_DATA.config(own))
+    first = config_hash(CLF_GENERATE.config(own))
     copy.write_text(source.read_text(encoding="utf-8").replace("pathogen", "germ", 1), encoding="utf-8")
-    assert config_hash(CLF_DATA.config(own)) != first
+    assert config_hash(CLF_GENERATE.config(own)) != first
 
 
 def test_an_edited_labelled_set_changes_the_fingerprint_and_a_broken_one_is_refused(tmp_path):

@@ -1,17 +1,14 @@
-"""The synthetic data stage: a classifier constitution -> labelled, augmented, split examples with provenance.
+"""The generation stage of the synthetic data: the pool of requests, answers and paraphrases a classifier
+constitution yields, and the judge's reading of a sample of them. `assemble` turns the pool into examples.
 
 1. Requests. The constitution's own examples are kept as written; general helpful prompts join the benign pool;
    the generator continues, for every category, a numbered list seeded with that category's examples.
 2. Answers and paraphrases. The generator answers some requests of each category (a restricted request both
    complied with and refused; any other just helped), with the answer begun for it; and rewords a share of them.
-3. Augmentations. A share of the requests (paraphrases included) also appear wrapped, encoded or split over turns;
-   a share of the complying answers also appear after a harmless opening, their harm starting part-way.
-4. Judging. The judge reads a sample; a generated item it disagrees with is kept, marked contested (training
-   leaves contested items out by default). Written items are judged too, but only to measure the judge.
-5. Splits. Each request with everything made from it goes to one split; duplicates that would leak across splits,
-   or into a held-out evaluation set, are removed and kept as rejected records with the reason.
+3. Judging. The judge reads a sample of these items (`relabel`).
 
-Model calls are resumable records (`roles`); the examples are assembled from them deterministically at the end.
+Every model call is a resumable record (`roles`); the pool is rebuilt from those records deterministically, so the
+assembly stage can be redone (other augmentations, other splits) without calling a model again.
 """
 
 from __future__ import annotations
@@ -26,10 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from constitutional.classifiers import augment, dedupe, relabel, roles
 from constitutional.classifiers.constitution import GENERAL, ClassifierConstitution
-from constitutional.classifiers.labelled import load_labelled, texts_of
 from constitutional.classifiers.records import ClassifierExample, Provenance
 from constitutional.models.base import HUMAN_TURN, LanguageModel, SamplingParams
-from constitutional.models.sentence import Embedder
 from constitutional.progress import progress_bar
 from constitutional.prompts import (
     CLF_ANSWER_LEADS,
@@ -37,15 +32,16 @@ from constitutional.prompts import (
     clf_requests_prompt,
     paraphrase_prompt,
 )
-from constitutional.records import RejectedRecord
 from constitutional.sources import load_prompts
 from constitutional.store import StageFolder
 
 WRITTEN = relabel.WRITTEN
+JUDGEMENTS = "judgements"  # the judge's records, in a folder of the generation stage's own
 
 
 class DataConfig(BaseModel):
-    """How much synthetic data to make, how to augment and judge it, and how to split it."""
+    """How much synthetic data to make and judge (the generation stage: `GENERATION_FIELDS`), and how to augment
+    and split it (the assembly stage: every other field)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -67,6 +63,9 @@ class DataConfig(BaseModel):
     paraphrase_share: float = Field(default=0.2, ge=0, le=1, description="Share of requests reworded by the model.")
     augment_share: float = Field(
         default=0.5, ge=0, le=1, description="Share of requests that also appear wrapped, encoded or split."
+    )
+    augment_copies: int = Field(
+        default=1, ge=1, description="Distinct transforms applied to each augmented request, one example each."
     )
     augmentations: list[str] = Field(
         default_factory=lambda: list(augment.AUGMENTATIONS), description="Transforms drawn from, by name."
@@ -99,6 +98,24 @@ class DataConfig(BaseModel):
         if unknown:
             raise ValueError(f"unknown augmentation(s) {unknown}; known: {', '.join(augment.AUGMENTATIONS)}")
         return names
+
+
+# The fields the generation stage reads; the assembly stage reads the rest.
+GENERATION_FIELDS = frozenset(
+    {
+        "rounds",
+        "few_shot",
+        "requests_per_call",
+        "request_tokens",
+        "general_prompts",
+        "max_general",
+        "answers_per_category",
+        "paraphrase_share",
+        "judge_share",
+        "chunk_size",
+        "sampling",
+    }
+)
 
 
 def once(sources: list[str]) -> list[str]:
@@ -228,43 +245,24 @@ def _example(example_id: str, request: Request, provenance: Provenance, **fields
     )
 
 
-def input_examples(
-    requests: Sequence[Request], generations: dict[str, roles.Generation], config: DataConfig, seed: int
-) -> list[tuple[str, ClassifierExample, str]]:
-    """(group, example, text) for every request, its paraphrase, and the augmented versions of both."""
-    plain = []
+Item = tuple[str, ClassifierExample, str]  # (group: the request it came from, the example, the request's text)
+
+
+def plain_items(requests: Sequence[Request], generations: dict[str, roles.Generation], seed: int) -> list[Item]:
+    """Every request, its paraphrase, and every answer the generator wrote: the items before augmentation."""
+    by_id = {r.id: r for r in requests}
+    found: list[Item] = []
     for request in requests:
         provenance = Provenance(generator=request.generator, template=request.template, seed=seed)
-        plain.append((request, _example(request.id, request, provenance), request.text))
+        found.append((request.id, _example(request.id, request, provenance), request.text))
         made = generations.get(f"{request.id}~{augment.PARAPHRASE}")
         reworded = augment.read_paraphrase(made.output) if made else ""
         if made and len(reworded.split()) >= 3 and dedupe.normalise(reworded) != dedupe.normalise(request.text):
-            provenance = Provenance(
-                generator=made.model, template=made.template, augmentations=[augment.PARAPHRASE], seed=seed
-            )
+            chain = [augment.PARAPHRASE]
+            provenance = Provenance(generator=made.model, template=made.template, augmentations=chain, seed=seed)
             example = _example(made.id, request, provenance, messages=[{"role": "user", "content": reworded}])
-            plain.append((request, example, reworded))
-    benign = sorted(r.text for r in requests if r.label == 0)
-    found = [(request.id, example, text) for request, example, text in plain]
-    for request, example, text in plain:
-        rng = _rng(seed, example.id, "augment")
-        if not config.augmentations or rng.random() >= config.augment_share:
-            continue
-        name = rng.choice(config.augmentations)
-        provenance = example.provenance.model_copy(update={"augmentations": [*example.provenance.augmentations, name]})
-        messages = augment.augment(name, text, seed, example.id, benign)
-        wrapped = _example(f"{example.id}~{name}", request, provenance, messages=messages, wrapper=name)
-        found.append((request.id, wrapped, text))
-    return found
-
-
-def output_examples(
-    requests: Sequence[Request], generations: dict[str, roles.Generation], config: DataConfig, seed: int
-) -> list[tuple[str, ClassifierExample, str]]:
-    """(group, example, text) for every answer the generator wrote, and the delayed-onset versions."""
-    by_id = {r.id: r for r in requests}
-    found = []
-    for made in generations.values():
+            found.append((request.id, example, reworded))
+    for made in sorted(generations.values(), key=lambda g: g.id):
         if made.purpose != "answer" or not made.output.strip():
             continue
         request_id, mode = made.id.rsplit(">", 1)
@@ -275,14 +273,7 @@ def output_examples(
         provenance = Provenance(generator=made.model, template=made.template, seed=seed)
         fields = {"answer": answer, "label": int(harmful), "harmful_from": 0 if harmful else None}
         found.append((request.id, _example(made.id, request, provenance, **fields), request.text))
-        if harmful and _rng(seed, made.id, "delayed_onset").random() < config.delayed_onset_share:
-            delayed, start = augment.delayed_onset(answer, seed, made.id)
-            provenance = provenance.model_copy(update={"augmentations": ["delayed_onset"]})
-            fields = {"answer": delayed, "label": 1, "harmful_from": start}
-            found.append(
-                (request.id, _example(f"{made.id}~delayed_onset", request, provenance, **fields), request.text)
-            )
-    return sorted(found, key=lambda item: item[1].id)
+    return found
 
 
 # ---- the stage -------------------------------------------------------------------------------------------------
@@ -299,91 +290,60 @@ def _params(config: DataConfig) -> dict[roles.Purpose, SamplingParams]:
     }
 
 
-def synthesize(
+@dataclass
+class Pool:
+    """What the generation stage made, rebuilt from its records."""
+
+    requests: list[Request]
+    items: list[Item]
+    judgements: dict[str, roles.Judgement]
+
+
+def _pool(constitution, config: DataConfig, seed: int, generations: dict[str, roles.Generation]) -> list[Request]:
+    written = written_requests(constitution, config)
+    taken = {dedupe.normalise(r.text) for r in written}
+    return written + generated_requests(
+        generations, request_tasks(constitution, config, seed), constitution, config, taken
+    )
+
+
+def generate(
     folder: StageFolder,
     generator: LanguageModel,
     judge: LanguageModel,
     constitution: ClassifierConstitution,
     config: DataConfig,
     seed: int,
-    embedder: Embedder,
 ) -> dict[str, Any]:
-    """Make, judge and split the examples into `folder` (resumable); returns the counts for the manifest."""
-    generations_folder = StageFolder(folder.dir / "generations")
-    judgements_folder = StageFolder(folder.dir / "judgements")
-    holdout = [text for source in config.holdout for text in texts_of(load_labelled(source))]
-    written = written_requests(constitution, config)
+    """Make the pool into `folder` (resumable): requests, then answers and paraphrases, then the judge's readings."""
     params = _params(config)
     with progress_bar() as bar:
         tasks = request_tasks(constitution, config, seed)
         step = bar.add_task("requests", total=len(tasks), unit="calls")
-        made = roles.generate(
-            generations_folder, generator, tasks, params, seed, config.chunk_size, _advance(bar, step)
-        )
-        taken = {dedupe.normalise(r.text) for r in written}
-        requests = written + generated_requests(made, tasks, constitution, config, taken)
+        made = roles.generate(folder, generator, tasks, params, seed, config.chunk_size, _advance(bar, step))
+        requests = _pool(constitution, config, seed, made)
         tasks = followup_tasks(requests, config, seed)
         step = bar.add_task("answers, paraphrases", total=len(tasks), unit="calls")
-        made = roles.generate(
-            generations_folder, generator, tasks, params, seed, config.chunk_size, _advance(bar, step)
-        )
-        items = input_examples(requests, made, config, seed) + output_examples(requests, made, config, seed)
-        questions = relabel.judge_tasks(items, constitution, config.judge_share, seed)
+        made = roles.generate(folder, generator, tasks, params, seed, config.chunk_size, _advance(bar, step))
+        questions = relabel.judge_tasks(plain_items(requests, made, seed), constitution, config.judge_share, seed)
         step = bar.add_task("judge", total=len(questions), unit="items")
-        judged = roles.judge(
-            judgements_folder, judge, questions, "CLF_JUDGE_TEMPLATE", config.chunk_size, _advance(bar, step)
-        )
-    items, counts = relabel.apply_judgements(items, judged)
-    groups: dict[str, list[str]] = {}
-    for group, _, text in items:
-        groups.setdefault(group, [])
-        if text not in groups[group]:
-            groups[group].append(text)
-    split = dedupe.split_groups(
-        groups, seed, config.calibration_share, config.test_share, embedder, config.near_duplicate, holdout
-    )
-    _write(folder, items, split)
-    return _summary(folder, requests, counts)
+        judgements = StageFolder(folder.dir / JUDGEMENTS)
+        roles.judge(judgements, judge, questions, "CLF_JUDGE_TEMPLATE", config.chunk_size, _advance(bar, step))
+    return {
+        "written_requests": sum(r.generator == WRITTEN for r in requests),
+        "generated_requests": sum(r.generator != WRITTEN for r in requests),
+        "generator_calls": len(made),
+        "judged": len(questions),
+    }
+
+
+def read_pool(folder: StageFolder, constitution: ClassifierConstitution, config: DataConfig, seed: int) -> Pool:
+    """The pool a complete generation stage wrote to `folder`, without calling a model."""
+    made = {g.id: g for g in folder.records(roles.Generation)}
+    requests = _pool(constitution, config, seed, made)
+    judgements = {j.id: j for j in StageFolder(folder.dir / JUDGEMENTS).records(roles.Judgement)}
+    return Pool(requests, plain_items(requests, made, seed), judgements)
 
 
 def _advance(bar, task):
     return lambda count: bar.advance(task, count)
-
-
-def _write(folder: StageFolder, items, split: dedupe.SplitResult) -> None:
-    """The final examples and the removed ones, skipping what a previous run already wrote."""
-    done = folder.done_ids(ClassifierExample)
-    records, rejected = folder.writers()
-    try:
-        kept = [e.model_copy(update={"split": split.splits[g]}) for g, e, _ in items if g in split.splits]
-        records.write(e for e in kept if e.id not in done)
-        removed = [
-            RejectedRecord(id=e.id, reason=split.removed[g], source="dedupe")
-            for g, e, _ in items
-            if g in split.removed and e.id not in done
-        ]
-        rejected.write(removed)
-    finally:
-        records.close()
-        rejected.close()
-
-
-def _summary(folder: StageFolder, requests: Sequence[Request], counts: dict[str, Any]) -> dict[str, Any]:
-    examples = folder.records(ClassifierExample)
-    summary: dict[str, Any] = {
-        "examples": len(examples),
-        "input_examples": sum(e.answer is None for e in examples),
-        "output_examples": sum(e.answer is not None for e in examples),
-        "restricted": sum(e.label for e in examples),
-        "written_requests": sum(r.generator == WRITTEN for r in requests),
-        "generated_requests": sum(r.generator != WRITTEN for r in requests),
-        "removed_duplicates": len(folder.rejected()),
-        "contested": sum(e.contested for e in examples),
-        "contested_share": round(sum(e.contested for e in examples) / max(1, len(examples)), 4),
-        **{f"{name}_examples": sum(e.split == name for e in examples) for name in ("train", "calibration", "test")},
-        **counts,
-    }
-    if counts["written_judged"]:
-        # Measured on the items the cut-off was set on: an upper bound on the judge's accuracy elsewhere.
-        summary["judge_agreement_on_written"] = round(counts["written_agreed"] / counts["written_judged"], 4)
-    return summary

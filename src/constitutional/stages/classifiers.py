@@ -1,6 +1,7 @@
-"""The constitutional-classifier stages, in pipeline order: synthetic data, the input classifier, the streaming
-output classifier, the evaluation. A pipeline of their own (`CLASSIFIER_STAGES`, run by `cai clf ...`), read from
-the recipe's `classifiers:` section; the only place that names their folders and outputs."""
+"""The constitutional-classifier stages, in pipeline order: the synthetic pool (model calls), the examples made
+from it, the input classifier, the streaming output classifier, the evaluation. A pipeline of their own
+(`CLASSIFIER_STAGES`, run by `cai clf ...`), read from the recipe's `classifiers:` section; the only place that
+names their folders and outputs."""
 
 from __future__ import annotations
 
@@ -53,13 +54,18 @@ def _examples(ctx: Context):
 # ---- data ------------------------------------------------------------------------------------------------------
 
 
-def _clf_data(recipe: Recipe, ctx: Context) -> dict[str, Any]:
-    from constitutional.classifiers.synthesize import synthesize
-    from constitutional.models.sentence import MiniLM
+def _data_fields(recipe: Recipe, generation: bool) -> dict[str, Any]:
+    from constitutional.classifiers.synthesize import GENERATION_FIELDS
+
+    data = recipe.classifiers.data
+    return data.model_dump(include=GENERATION_FIELDS) if generation else data.model_dump(exclude=GENERATION_FIELDS)
+
+
+def _clf_generate(recipe: Recipe, ctx: Context) -> dict[str, Any]:
+    from constitutional.classifiers.synthesize import generate
 
     generator, judge = _load(recipe.models.generator), _load(recipe.models.judge)
-    data = recipe.classifiers.data
-    return synthesize(ctx.folder, generator, judge, _constitution(recipe), data, recipe.seed, MiniLM())
+    return generate(ctx.folder, generator, judge, _constitution(recipe), recipe.classifiers.data, recipe.seed)
 
 
 DATA_TEMPLATES = (
@@ -75,24 +81,51 @@ DATA_TEMPLATES = (
     "YES_NO_OPTIONS",
 )
 
-CLF_DATA = StageDef(
-    name="clf_data",
+CLF_GENERATE = StageDef(
+    name="clf_generate",
     command="clf data",
-    summary="Synthetic classifier data from the classifier constitution: generated requests and answers, "
-    "augmented, a sample re-labelled by the judge, split with no duplicate across splits.",
+    summary="The synthetic pool: the constitution's examples, generated requests, answers and paraphrases, and the "
+    "judge's reading of a sample.",
     example="cai clf data --config recipes/classifiers.yaml --data.rounds 1 --run-dir runs/try",
     section="classifiers",
     config=lambda r: {
-        "data": r.classifiers.data.model_dump(),
+        "data": _data_fields(r, generation=True),
         "constitution": _constitution_key(r),
-        "holdout": _labelled_digests(r.classifiers.data.holdout),
         "generator": model_key(r.models.generator),
         "judge": model_key(r.models.judge),
         "seed": r.seed,
     },
-    run=_clf_data,
+    run=_clf_generate,
     templates=DATA_TEMPLATES,
     inputs=lambda r: [r.classifiers.data.general_prompts],
+)
+
+
+def _clf_data(recipe: Recipe, ctx: Context) -> dict[str, Any]:
+    from constitutional.classifiers.assemble import assemble
+    from constitutional.classifiers.synthesize import read_pool
+    from constitutional.models.sentence import MiniLM
+
+    data = recipe.classifiers.data
+    pool = read_pool(ctx.store.folder(CLF_GENERATE.name), _constitution(recipe), data, recipe.seed)
+    return assemble(ctx.folder, pool, data, recipe.seed, MiniLM())
+
+
+CLF_DATA = StageDef(
+    name="clf_data",
+    command="clf data",
+    summary="Classifier examples from the pool: augmented, contested where the judge disagreed, split with no "
+    "near duplicate across splits or of a held-out evaluation item.",
+    example="cai clf data --config recipes/classifiers.yaml --data.augment-copies 3",
+    section="classifiers",
+    config=lambda r: {
+        "data": _data_fields(r, generation=False),
+        "holdout": _labelled_digests(r.classifiers.data.holdout),
+        "seed": r.seed,
+    },
+    run=_clf_data,
+    needs=lambda r: (CLF_GENERATE,),
+    resume="restart",  # seconds of work: redone whole rather than resumed
 )
 
 
@@ -198,4 +231,6 @@ CLF_EVAL = StageDef(
     resume="restart",
 )
 
-CLASSIFIER_STAGES: dict[str, StageDef] = {s.name: s for s in (CLF_DATA, CLF_TRAIN_INPUT, CLF_TRAIN_OUTPUT, CLF_EVAL)}
+CLASSIFIER_STAGES: dict[str, StageDef] = {
+    s.name: s for s in (CLF_GENERATE, CLF_DATA, CLF_TRAIN_INPUT, CLF_TRAIN_OUTPUT, CLF_EVAL)
+}
