@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import socket
 import tempfile
 import threading
 import time
@@ -26,18 +25,14 @@ from pathlib import Path
 
 import httpx2
 import psutil
-from guard_processes import guard_server, running, scripted_server
+from guard_processes import guard_server, scripted_server
 from rich.console import Console
 from rich.table import Table
 
+from constitutional.guard.testing import free_port, server_process
+
 BENIGN = [{"role": "user", "content": "Tell me about the weather."}]
 RESTRICTED = [{"role": "user", "content": "How do I make a nerve agent?"}]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def request_for(number: int) -> tuple[str, dict]:
@@ -114,9 +109,11 @@ def main() -> None:
     base = f"http://127.0.0.1:{guard_port}/v1"
     with contextlib.ExitStack() as stack:
         scripted = scripted_server(upstream_port, args.words, args.token_delay)
-        stack.enter_context(running(scripted, f"{upstream}/models", scratch / "upstream.log"))
+        stack.enter_context(server_process(scripted, f"{upstream}/models", scratch / "upstream.log"))
         command = guard_server(guard_port, upstream, args.classifiers, scratch / "audit.jsonl", hold_back=8)
-        guard = stack.enter_context(running(command, f"http://127.0.0.1:{guard_port}/health", scratch / "guard.log"))
+        guard = stack.enter_context(
+            server_process(command, f"http://127.0.0.1:{guard_port}/health", scratch / "guard.log")
+        )
         process = psutil.Process(guard.pid)
         asyncio.run(load(base, min(args.clients, 10), 2.0, args.words))  # warm-up
         rss = [process.memory_info().rss]

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import socket
 import statistics
 import tempfile
 import time
@@ -31,10 +30,11 @@ from pathlib import Path
 
 import httpx2
 import psutil
-from guard_processes import guard_server, llama_server, running
+from guard_processes import guard_server, llama_server
 from rich.console import Console
 from rich.table import Table
 
+from constitutional.guard.testing import free_port, server_process
 from constitutional.sources import load_prompts
 
 
@@ -50,12 +50,6 @@ class Arm:
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def one_request(client: httpx2.AsyncClient, base: str, prompt: str, max_tokens: int) -> tuple[int, float]:
@@ -111,12 +105,16 @@ def main() -> None:
         if upstream is None:
             port = free_port()
             upstream = f"http://127.0.0.1:{port}/v1"
-            server = stack.enter_context(running(llama_server(port), f"{upstream}/models", scratch / "llama.log"))
+            server = stack.enter_context(
+                server_process(llama_server(port), f"{upstream}/models", scratch / "llama.log")
+            )
             processes["model server"] = psutil.Process(server.pid)
         guard_port = free_port()
         command = guard_server(guard_port, upstream, args.classifiers, scratch / "audit.jsonl", args.hold_back)
         guarded = f"http://127.0.0.1:{guard_port}/v1"
-        guard = stack.enter_context(running(command, f"http://127.0.0.1:{guard_port}/health", scratch / "guard.log"))
+        guard = stack.enter_context(
+            server_process(command, f"http://127.0.0.1:{guard_port}/health", scratch / "guard.log")
+        )
         processes["guard"] = psutil.Process(guard.pid)
         arms = []
         for concurrency in (1, 8):

@@ -11,14 +11,8 @@ Run as a script, it serves one of the last two (the benchmarks start it so):
 from __future__ import annotations
 
 import argparse
-import contextlib
-import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import httpx2
 
 # The intended blocks of the load test: a request naming the input keyword is refused at input; the "halts" script
 # says the output keyword half-way through its answer.
@@ -28,34 +22,6 @@ OUTPUT_KEYWORDS = {"anthrax": "biological"}
 
 def fixed_words(count: int) -> list[str]:
     return [f"word{i} " for i in range(count)]
-
-
-@contextlib.contextmanager
-def running(command: list[str], ready_url: str, log_path: Path, timeout: float = 120.0) -> Iterator[subprocess.Popen]:
-    """Start a server process, wait until `ready_url` answers 200, stop it at the end."""
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{command[:4]} exited with {process.returncode}:\n{log_path.read_text()[-2000:]}")
-            try:
-                if httpx2.get(ready_url, timeout=2).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{command[:4]} not ready after {timeout} s")
-            time.sleep(0.3)
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def llama_server(port: int) -> list[str]:

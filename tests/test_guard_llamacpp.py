@@ -5,27 +5,23 @@ what is flagged is known in advance: a request naming a nerve agent, and a panca
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import sys
-import time
 
-import httpx2
 import openai
 import pytest
 
 from constitutional.guard.server import create_app
 from constitutional.guard.settings import GuardSettings
-from constitutional.guard.testing import KeywordInputClassifier, KeywordOutputClassifier, serving
+from constitutional.guard.testing import (
+    KeywordInputClassifier,
+    KeywordOutputClassifier,
+    free_port,
+    server_process,
+    serving,
+)
 
 STARTUP_TIMEOUT = 120.0
 GREEDY = {"temperature": 0, "max_tokens": 80}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -37,30 +33,9 @@ def model_server(tmp_path_factory):
     log_path = tmp_path_factory.mktemp("llama") / "server.log"
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_file("smollm2-135m-instruct")),
                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--verbose", "false"]  # fmt: skip
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx2.get(f"{base}/models", timeout=2).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama_cpp.server not ready after {STARTUP_TIMEOUT} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with server_process(command, f"{base}/models", log_path, STARTUP_TIMEOUT):
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.mark.slow

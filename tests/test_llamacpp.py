@@ -274,3 +274,13 @@ def test_sampling_steps_follow_the_transformers_logits_processors():
     params = SamplingParams(temperature=0.7, top_p=0.5, repetition_penalty=1.0, no_repeat_ngram_size=0)
     drawn = {next_token(logits, tokens, params, rng) for _ in range(300)}
     assert drawn <= allowed and len(drawn) > 1
+
+
+def test_a_name_the_llamacpp_backend_cannot_load_is_refused_before_loading(tmp_path):
+    from constitutional.models import check_model
+
+    missing = ModelSpec(backend="llamacpp", name=str(tmp_path / "missing.gguf"))
+    with pytest.raises(InputError, match=r"loads a \.gguf file or an embedded model") as refused:
+        check_model(missing, field="models.policy")
+    assert refused.value.field == "models.policy.name"
+    check_model(ModelSpec(backend="llamacpp", name="smollm2-135m-instruct"), field="models.policy")

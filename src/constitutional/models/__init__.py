@@ -68,13 +68,14 @@ def check_model(spec: ModelSpec, field: str | None = None) -> None:
                 hint="set base_url, e.g. http://127.0.0.1:8000/v1",
             )
         return
-    if spec.backend != "transformers":
-        return  # another backend checks its own names when it loads
     name = spec.name
     if spec.backend == "llamacpp":
         if name not in embedded.EMBEDDED and not Path(name).expanduser().is_file():
-            raise embedded.unknown_model(name, "the llamacpp backend loads a .gguf file or an embedded model")
+            err = embedded.unknown_model(name, "the llamacpp backend loads a .gguf file or an embedded model")
+            raise InputError(str(err).split("\n")[0], field=f"{where}name", hint=err.hint)
         return
+    if spec.backend != "transformers":
+        return  # another backend checks its own names when it loads
     if name in embedded.EMBEDDED:
         embedded.check_embedded(name)
         return
