@@ -113,6 +113,27 @@ def test_incremental_scoring_equals_full_rescoring(classifier, piece):
     assert verdict.score == pytest.approx(max(full.scores), abs=1e-5)
 
 
+@pytest.mark.parametrize("piece", [1, 3])
+def test_pieces_pushed_together_score_as_pushed_one_by_one_in_one_forward(classifier, monkeypatch, piece):
+    pieces = [ANSWER[start : start + piece] for start in range(0, len(ANSWER), piece)]
+    one_by_one = classifier.start(CONVERSATION)
+    expected = [(one_by_one.push(text).score, one_by_one.tokens) for text in pieces][2:]
+    together = classifier.start(CONVERSATION)
+    together.push_many(pieces[:2])
+    reads = []
+    original = together._read
+    monkeypatch.setattr(together, "_read", lambda ids: reads.append(len(ids)) or original(ids))
+    results = together.push_many(pieces[2:])
+    assert len(reads) == 1  # one forward step for all the pieces
+    assert together.scores == pytest.approx(one_by_one.scores, abs=1e-5)
+    assert [tokens for _, tokens in results][-1] == expected[-1][1] == together.tokens
+    # Mid-way, a piece's verdict covers the tokens that end within it: never more than pushing it alone saw,
+    # which had also read its last, unfinished word.
+    for (verdict, tokens), (score, alone) in zip(results, expected, strict=True):
+        assert tokens <= alone and verdict.score <= score + 1e-5
+    assert results[-1][0].score == pytest.approx(expected[-1][0], abs=1e-5)
+
+
 def test_each_push_reads_only_the_new_tokens(classifier, monkeypatch):
     stream = classifier.start(CONVERSATION)
     stream.push("Mix flour, water")

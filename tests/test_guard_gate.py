@@ -45,6 +45,14 @@ def test_a_flag_withholds_the_flagged_piece_and_everything_held(hold_back):
     assert gate.text(0).endswith("bomb ")
 
 
+@pytest.mark.parametrize("hold_back", [0, 2])
+def test_pieces_scored_together_are_released_and_halted_as_one_by_one(hold_back):
+    one_by_one = OutputGate(KeywordOutputClassifier({"bomb": "weapons"}), [], hold_back)
+    together = OutputGate(KeywordOutputClassifier({"bomb": "weapons"}), [], hold_back)
+    assert together.score(pieces(WORDS)) == run(one_by_one, pieces(WORDS)) == WORDS[: 7 - hold_back]
+    assert together.halt == one_by_one.halt and together.text(0) == one_by_one.text(0)
+
+
 def test_tokens_are_the_classifiers_not_the_chunks():
     gate = OutputGate(KeywordOutputClassifier({}), [], hold_back=3)
     assert gate.score([Piece("a", {0: "one two three four "})]) == []  # four tokens, but nothing after them yet
@@ -75,7 +83,7 @@ class BreaksOnThirdPush:
 
 def test_a_classifier_error_keeps_the_unscored_pieces_for_the_callers_policy():
     gate = OutputGate(BreaksOnThirdPush(), [], hold_back=1)
-    received = gate.score(pieces(WORDS[:5]))
+    received = run(gate, pieces(WORDS[:2])) + gate.score(pieces(WORDS[2:5]))  # the third piece's call fails
     assert received == ["one"] and isinstance(gate.error, RuntimeError)
     gate.unscreened()  # fail open: held and unscored pieces go out, in order, and later ones pass
     assert received + gate.flush() + gate.score(pieces(["six"])) == [*WORDS[:5], "six"]

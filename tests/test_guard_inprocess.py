@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from constitutional.classifiers.screening import Verdict
+from constitutional.classifiers.screening import AnswerStream, Verdict
 from constitutional.guard.inprocess import GuardedModel, Watch
 from constitutional.guard.testing import KeywordInputClassifier
 from constitutional.models import ModelSpec, SamplingParams
@@ -22,7 +22,7 @@ PROMPTS = [
 
 
 @dataclass
-class CharacterStream:
+class CharacterStream(AnswerStream):
     """Counts characters as tokens and flags once `limit` characters have been pushed; records every push."""
 
     limit: int

@@ -238,6 +238,9 @@ class Raising:
     def push(self, text):
         raise RuntimeError("output model crashed")
 
+    def push_many(self, texts):
+        raise RuntimeError("output model crashed")
+
     tokens = 0
 
 
@@ -411,3 +414,31 @@ def test_output_scoring_of_concurrent_streams_is_batched_one_job_at_a_time(start
     metrics = httpx2.get(f"{base}/metrics").text
     jobs = float(metrics.split('cai_guard_classifier_seconds_count{stage="output"} ')[1].split()[0])
     assert output.pushes == 6 * len(ANSWER) and jobs < output.pushes  # several streams' pieces per job
+
+
+class SteppedOutput(KeywordOutputClassifier):
+    """Takes 50 ms per classifier step however many pieces it reads (as a forward pass does), and records how many
+    pieces each step read."""
+
+    def __init__(self, keywords):
+        super().__init__(keywords)
+        self.steps = []
+
+    def start(self, conversation):
+        stream = super().start(conversation)
+        push_many = stream.push_many
+
+        def slow_push_many(texts):
+            time.sleep(0.05)
+            self.steps.append(len(texts))
+            return push_many(texts)
+
+        stream.push_many = slow_push_many
+        return stream
+
+
+def test_tokens_arriving_during_a_classifier_step_are_scored_together_in_the_next(start_guard):
+    output = SteppedOutput(OUTPUT_WORDS)
+    base = start_guard(output_classifier=output, hold_back_tokens=0)
+    assert streamed_text(raw_stream(base, "benign")) == "".join(ANSWER)
+    assert sum(output.steps) == len(ANSWER) and len(output.steps) <= len(ANSWER) / 3

@@ -35,6 +35,11 @@ class AnswerStream(Protocol):
         """Add the next piece of the answer; the verdict covers everything pushed so far (the running maximum)."""
         ...
 
+    def push_many(self, texts: Sequence[str]) -> list[tuple[Verdict, int]]:
+        """Add several pieces at once: per piece, the verdict and the tokens scored once it is in. A model scores
+        them in one step (a guard that fell behind its upstream catches up); by default, one push each."""
+        return [(self.push(text), self.tokens) for text in texts]
+
     @property
     def tokens(self) -> int:
         """Tokens of the answer scored so far, in the classifier's tokenizer."""

@@ -17,9 +17,11 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import torch
@@ -236,18 +238,27 @@ class AnswerScorer:
         return seen[0][0]
 
     def push(self, text: str) -> Verdict:
-        self.text += text
-        ids, _ = self.classifier.answer_tokens(self.text)
+        return self.push_many([text])[0][0]
+
+    def push_many(self, texts: Sequence[str]) -> list[tuple[Verdict, int]]:
+        """All the pieces in one forward step; each piece's verdict covers the tokens that end within it or before.
+        A token re-read after a rollback never lowers the verdict: the running maximum only grows."""
+        ends = list(accumulate((len(text) for text in texts), initial=len(self.text)))[1:]
+        self.text += "".join(texts)
+        ids, token_ends = self.classifier.answer_tokens(self.text)
         keep = shared_length(self.ids, ids)
         if keep < len(self.ids):
             self.cache.crop(keep - len(self.ids))  # a negative count: the tokens to drop from the end
             del self.ids[keep:], self.scores[keep:]
         if keep < len(ids):
-            new = self.classifier.token_scores(self._read(ids[keep:]))
+            self.scores += self.classifier.token_scores(self._read(ids[keep:]))
             self.ids += ids[keep:]
-            self.scores += new
-            self.peak = max(self.peak, *new)  # a token re-read after a rollback never lowers the verdict
-        return Verdict(score=self.peak, flagged=self.peak > self.classifier.threshold)
+        results = []
+        for end in ends:
+            read = bisect_right(token_ends, end)
+            self.peak = max(self.peak, *self.scores[keep:read], 0.0)
+            results.append((Verdict(score=self.peak, flagged=self.peak > self.classifier.threshold), read))
+        return results
 
     @property
     def tokens(self) -> int:

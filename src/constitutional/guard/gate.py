@@ -55,20 +55,24 @@ class OutputGate(Generic[Payload]):
         self._held_tokens = 0
 
     def score(self, pieces: Sequence[Piece[Payload]]) -> list[Payload]:
-        """Score pieces in order; return the payloads now safe to send. Stops at a flag (`self.halt` says why),
-        after which nothing held is ever released, or at a classifier error (`self.error`)."""
+        """Score pieces (each choice's texts in one classifier step); return the payloads now safe to send. Stops
+        at a flag (`self.halt` says why), after which nothing held is ever released, or at a classifier error
+        (`self.error`): then the pieces stay held, unscored, for the caller's fail-open or fail-closed policy."""
+        if self.halt is not None or self.error is not None:
+            return []
+        try:
+            steps = self._push(pieces)
+        except Exception as err:
+            self.error = err
+            self._held.extend((piece, 0) for piece in pieces)
+            return []
         released: list[Payload] = []
-        for index, piece in enumerate(pieces):
-            if self.halt is not None or self.error is not None:
-                break
-            try:
-                tokens = self._push(piece)
-            except Exception as err:
-                # Kept unscored: the caller's policy decides whether they go out (fail open) or never (closed).
-                self.error = err
-                self._held.extend((rest, 0) for rest in pieces[index:])
-                break
-            if self.halt is not None:
+        for piece, (tokens, halt) in zip(pieces, steps, strict=True):
+            for choice, text in piece.texts.items():
+                if text:
+                    self.scored.setdefault(choice, []).append(text)
+            if halt is not None:
+                self.halt = halt
                 self._held.clear()
                 break
             self._held.append((piece, tokens))
@@ -95,25 +99,26 @@ class OutputGate(Generic[Payload]):
     def text(self, choice: int) -> str:
         return "".join(self.scored.get(choice, ()))
 
-    def _push(self, piece: Piece[Payload]) -> int:
-        """Score one piece; the tokens it added across choices."""
+    def _push(self, pieces: Sequence[Piece[Payload]]) -> list[tuple[int, Halt | None]]:
+        """Per piece, the tokens it added across choices and the halt it caused, if any: each choice's texts go to
+        its stream in one `push_many`, so pieces that queued while the classifier was busy cost one step."""
+        steps: list[tuple[int, Halt | None]] = [(0, None)] * len(pieces)
         if self.classifier is None:
-            return 0
-        added = 0
-        for choice, text in piece.texts.items():
-            if not text:
-                continue
+            return steps
+        for choice in sorted({choice for piece in pieces for choice, text in piece.texts.items() if text}):
             stream = self.streams.get(choice)
             if stream is None:
                 stream = self.streams[choice] = self.classifier.start(self.conversation)
             before = stream.tokens
-            verdict = stream.push(text)
-            self.scored.setdefault(choice, []).append(text)
-            added += max(0, stream.tokens - before)
-            if verdict.flagged:
-                self.halt = Halt(choice, verdict, stream.tokens)
-                return added
-        return added
+            indices = [index for index, piece in enumerate(pieces) if piece.texts.get(choice)]
+            results = stream.push_many([pieces[index].texts[choice] for index in indices])
+            for index, (verdict, tokens) in zip(indices, results, strict=True):
+                added, halt = steps[index]
+                if halt is None and verdict.flagged:
+                    halt = Halt(choice, verdict, tokens)
+                steps[index] = (added + max(0, tokens - before), halt)
+                before = tokens
+        return steps
 
     def _release(self) -> list[Payload]:
         """Release held pieces from the front while at least `hold_back` scored tokens follow them.

@@ -4,8 +4,10 @@ content_filter chunk, so the flagged text and what was held back before it never
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import aclosing, suppress
 from typing import Any
 
 import httpx2
@@ -40,6 +42,40 @@ async def one_shot(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
+async def read_ahead(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The upstream's bytes, read on while the consumer is busy scoring: each step yields all that arrived since
+    the last, so the tokens that came during one classifier step are scored together in the next (a forward pass
+    costs about the same for one token as for several). A read error is raised after the bytes before it."""
+    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async for data in chunks:
+                queue.put_nowait(data)
+        except Exception as err:
+            queue.put_nowait(err)
+        else:
+            queue.put_nowait(None)
+
+    reader = asyncio.create_task(pump())
+    try:
+        while True:
+            items = [await queue.get()]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            data = b"".join(item for item in items if isinstance(item, bytes))
+            if data:
+                yield data
+            if isinstance(items[-1], BaseException):
+                raise items[-1]
+            if items[-1] is None:
+                return
+    finally:
+        reader.cancel()
+        with suppress(asyncio.CancelledError):
+            await reader
+
+
 async def relay(
     guard: Guard, exchange: wire.Exchange, response: httpx2.Response, gate: OutputGate[bytes]
 ) -> AsyncIterator[bytes]:
@@ -48,32 +84,34 @@ async def relay(
     head: dict[str, Any] = {}  # the completion's id, model, created: the guard's own last chunk repeats them
     outcome = "disconnected"  # unless the stream reaches one of its ends
     try:
-        async for data in response.aiter_bytes():
-            pieces, done = _pieces(exchange.endpoint, splitter.feed(data), head)
-            released = await guard.classifiers.score(gate, pieces) if pieces else []
-            if gate.error is not None:
-                if not guard.settings.fail_open:
+        async with aclosing(read_ahead(response.aiter_bytes())) as chunks:
+            async for data in chunks:
+                pieces, done = _pieces(exchange.endpoint, splitter.feed(data), head)
+                released = await guard.classifiers.score(gate, pieces) if pieces else []
+                if gate.error is not None:
+                    if not guard.settings.fail_open:
+                        guard.classifier_failed(exchange, ClassifierError("output", gate.error))
+                        outcome = "error"
+                        yield b"".join(released) + _error_event(
+                            f"the output classifier failed; the guard fails closed and ended the answer "
+                            f"(request {exchange.request_id})",
+                            "guard_error",
+                            "classifier_unavailable",
+                        )
+                        return
                     guard.classifier_failed(exchange, ClassifierError("output", gate.error))
-                    outcome = "error"
-                    yield b"".join(released) + _error_event(
-                        f"the output classifier failed; the guard fails closed and ended the answer "
-                        f"(request {exchange.request_id})",
-                        "guard_error",
-                        "classifier_unavailable",
-                    )
+                    gate.unscreened()
+                    released += gate.flush()
+                if gate.halt is not None:
+                    outcome = "blocked_output"
+                    await chunks.aclose()  # first of all: stop reading, and the upstream stops generating
+                    await response.aclose()
+                    yield b"".join(released) + _halted(guard, exchange, gate, head)
                     return
-                guard.classifier_failed(exchange, ClassifierError("output", gate.error))
-                gate.unscreened()
-                released += gate.flush()
-            if gate.halt is not None:
-                outcome = "blocked_output"
-                await response.aclose()  # first of all: the upstream stops generating
-                yield b"".join(released) + _halted(guard, exchange, gate, head)
-                return
-            if released:
-                yield b"".join(released)
-            if done:
-                break
+                if released:
+                    yield b"".join(released)
+                if done:
+                    break
         outcome = "answered"
         yield b"".join(gate.flush()) + wire.DONE
     except httpx2.TimeoutException as err:

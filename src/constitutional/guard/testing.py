@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from constitutional.classifiers.screening import Verdict
+from constitutional.classifiers.screening import AnswerStream, Verdict
 from constitutional.models.base import Message
 
 FLAGGED, CLEAR = 0.99, 0.01
@@ -56,7 +56,7 @@ class KeywordInputClassifier:
 
 
 @dataclass
-class KeywordAnswerStream:
+class KeywordAnswerStream(AnswerStream):
     """Counts whitespace-separated words as tokens; flags once a keyword has appeared (running maximum)."""
 
     keywords: Mapping[str, str]
