@@ -28,6 +28,7 @@ install: $(STAMP)
 $(DEV_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[export-test]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[ray]"
 	$(BIN)/python -m pip install --quiet --no-deps verl==0.9.1 openrlhf==0.11.2
 	touch $(DEV_STAMP)
 

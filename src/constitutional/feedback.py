@@ -8,6 +8,7 @@ thought cannot be used is kept as rejected, with the reason.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from constitutional.comparison import FeedbackConfig, draw_comparison, judge, pair_rng, principle_pool
 from constitutional.constitution import Constitution
+from constitutional.engine import Advance, ChunkEngine, LocalEngine, Output
 from constitutional.errors import InputError
 from constitutional.models.base import LanguageModel
 from constitutional.progress import progress_bar
@@ -90,6 +92,19 @@ def label_stats(records: Sequence[ComparisonRecord]) -> LabelStats:
     )
 
 
+def _chunk_labels(
+    constitution: Constitution,
+    config: FeedbackConfig,
+    seed: int,
+    model: LanguageModel,
+    chunk: list[PairRecord],
+    advance: Advance,
+) -> Output:
+    records, rejected = label_pairs(model, constitution, chunk, config, seed)
+    advance(len(chunk))
+    return Output(records, rejected)
+
+
 def label(
     out: StageFolder,
     pairs: list[PairRecord],
@@ -97,8 +112,12 @@ def label(
     constitution: Constitution,
     config: FeedbackConfig,
     seed: int,
+    engine: ChunkEngine | None = None,
 ) -> dict:
-    """Label every pair not yet in `out`, a chunk at a time. Returns counts and the label statistics."""
+    """Label every pair not yet in `out`, a chunk at a time. Returns counts and the label statistics.
+
+    `engine` does the chunks (default: `model`, in this process).
+    """
     if not pairs:
         raise InputError(
             "there are no sampled pairs to label", hint="run `cai rl sample` with the same --config first"
@@ -106,15 +125,13 @@ def label(
     done = out.done_ids(ComparisonRecord)
     todo = [pair for pair in pairs if pair.id not in done]
     records_out, rejected_out = out.writers()
+    chunks = [todo[start : start + config.chunk_size] for start in range(0, len(todo), config.chunk_size)]
     try:
         with progress_bar() as bar:
             task = bar.add_task("AI feedback", total=len(todo), unit="pair")
-            for start in range(0, len(todo), config.chunk_size):
-                chunk = todo[start : start + config.chunk_size]
-                records, rejected = label_pairs(model, constitution, chunk, config, seed)
-                records_out.write(records)
-                rejected_out.write(rejected)
-                bar.advance(task, len(chunk))
+            do_chunk = functools.partial(_chunk_labels, constitution, config, seed)
+            engine = engine or LocalEngine(model)
+            engine.run(chunks, do_chunk, out, (records_out, rejected_out), lambda n: bar.advance(task, n))
     finally:
         records_out.close()
         rejected_out.close()

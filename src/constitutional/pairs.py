@@ -8,12 +8,14 @@ record with the reason. A chunk's records are written when its call returns, so 
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from constitutional.engine import Advance, ChunkEngine, LocalEngine, Output
 from constitutional.models.base import LanguageModel, SamplingParams, context_overflows
 from constitutional.progress import progress_bar
 from constitutional.records import PairRecord, PromptRecord, RejectedRecord
@@ -109,8 +111,33 @@ def _chunk_seed(seed: int, kind: str, first_id: str) -> int:
     return seed + zlib.crc32(f"{kind}:{first_id}".encode()) % 1_000_000
 
 
-def sample(stage: StageFolder, policy: LanguageModel, constitution: str, config: PairsConfig, seed: int) -> dict:
-    """The rl_sample stage: resumable, a chunk of pairs at a time. Returns counts and the model that answered."""
+def _chunk_pairs(
+    constitution: str,
+    sampling: SamplingParams,
+    seed: int,
+    policy: LanguageModel,
+    chunk: tuple[Literal["red_team", "helpful"], list[PromptRecord]],
+    advance: Advance,
+) -> Output:
+    kind, prompts = chunk
+    params = sampling.model_copy(update={"seed": _chunk_seed(seed, kind, prompts[0].id)})
+    pairs, refused = sample_pairs(policy, prompts, kind, constitution, params, seed)
+    advance(len(prompts))
+    return Output(pairs, refused)
+
+
+def sample(
+    stage: StageFolder,
+    policy: LanguageModel,
+    constitution: str,
+    config: PairsConfig,
+    seed: int,
+    engine: ChunkEngine | None = None,
+) -> dict:
+    """The rl_sample stage: resumable, a chunk of pairs at a time. Returns counts and the model that answered.
+
+    `policy` checks which prompts fit its context; `engine` does the chunks (default: `policy`, in this process).
+    """
     done = stage.done_ids(PairRecord)
     records_out, rejected_out = stage.writers()
     work: list[tuple[Literal["red_team", "helpful"], list[PromptRecord]]] = []
@@ -125,17 +152,17 @@ def sample(stage: StageFolder, policy: LanguageModel, constitution: str, config:
         rejected_out.write(r for r in refused if r.id not in done)
         rejected_out.write(too_long)
         work.append((kind, todo))
+    chunks = [
+        (kind, items[start : start + config.chunk_size])
+        for kind, items in work
+        for start in range(0, len(items), config.chunk_size)
+    ]
     try:
         with progress_bar() as bar:
             task = bar.add_task("RL-CAI sample pairs", total=sum(len(items) for _, items in work), unit="pair")
-            for kind, items in work:
-                for start in range(0, len(items), config.chunk_size):
-                    chunk = items[start : start + config.chunk_size]
-                    params = config.sampling.model_copy(update={"seed": _chunk_seed(seed, kind, chunk[0].id)})
-                    pairs, refused = sample_pairs(policy, chunk, kind, constitution, params, seed)
-                    records_out.write(pairs)
-                    rejected_out.write(refused)
-                    bar.advance(task, len(chunk))
+            do_chunk = functools.partial(_chunk_pairs, constitution, config.sampling, seed)
+            engine = engine or LocalEngine(policy)
+            engine.run(chunks, do_chunk, stage, (records_out, rejected_out), lambda n: bar.advance(task, n))
     finally:
         records_out.close()
         rejected_out.close()

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from constitutional.classifiers.config import ClassifiersConfig
 from constitutional.comparison import FeedbackConfig
+from constitutional.engine.config import EngineConfig
 from constitutional.errors import InputError, from_validation
 from constitutional.evaluate.config import EvalConfig
 from constitutional.models.spec import ModelSpec
@@ -60,6 +61,9 @@ class Recipe(BaseModel):
     rl: RLConfig = Field(default_factory=RLConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     classifiers: ClassifiersConfig = Field(default_factory=ClassifiersConfig)
+    engine: EngineConfig = Field(
+        default_factory=EngineConfig, description="Where the model calls of the generation stages run."
+    )
 
 
 def _set(data: dict[str, Any], dotted: str, value: Any) -> None:

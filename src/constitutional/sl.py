@@ -7,12 +7,14 @@ most the chunk in flight and a rerun redoes only what is missing.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from constitutional.constitution import Constitution
+from constitutional.engine import Advance, ChunkEngine, LocalEngine, Output
 from constitutional.models.base import LanguageModel, Message, SamplingParams, context_overflows
 from constitutional.progress import progress_bar
 from constitutional.prompts import critique_prompt, demonstration_turns, revision_prompt
@@ -173,10 +175,35 @@ def _calls_per_prompt(config: SLConfig) -> int:
     return 1 + config.num_revisions * (2 if config.critique else 1)
 
 
+def _chunk_records(
+    constitution: Constitution,
+    config: SLConfig,
+    seed: int,
+    policy: LanguageModel,
+    chunk: tuple[str, list[PromptRecord]],
+    advance: Advance,
+) -> Output:
+    """One chunk's records: red-team prompts critiqued and revised, helpfulness prompts answered plainly."""
+    kind, prompts = chunk
+    if kind == "red_team":
+        return Output(revise(policy, constitution, prompts, config, seed, on_generated=advance))
+    records = answer(policy, prompts, config, constitution, seed)
+    advance(len(prompts))
+    return Output(records)
+
+
 def generate(
-    stage: StageFolder, policy: LanguageModel, constitution: Constitution, config: SLConfig, seed: int
+    stage: StageFolder,
+    policy: LanguageModel,
+    constitution: Constitution,
+    config: SLConfig,
+    seed: int,
+    engine: ChunkEngine | None = None,
 ) -> dict[str, int]:
-    """The SL generation stage: resumable, writing a chunk of records at a time to `stage`. Returns its counts."""
+    """The SL generation stage: resumable, writing a chunk of records at a time to `stage`. Returns its counts.
+
+    `policy` checks which prompts fit its context; `engine` does the chunks (default: `policy`, in this process).
+    """
     constitution = constitution.restricted_to(config.num_principles, random.Random(seed))
     done = stage.done_ids(SLRecord)
     records_out, rejected_out = stage.writers()
@@ -193,20 +220,17 @@ def generate(
         rejected_out.write(too_long)
         work.append((kind, todo))
     total = sum(len(items) * (_calls_per_prompt(config) if kind == "red_team" else 1) for kind, items in work)
+    chunks = [
+        (kind, items[start : start + config.chunk_size])
+        for kind, items in work
+        for start in range(0, len(items), config.chunk_size)
+    ]
     try:
         with progress_bar() as bar:
             task = bar.add_task("SL-CAI generate", total=total, unit="gen")
-            for kind, items in work:
-                for start in range(0, len(items), config.chunk_size):
-                    chunk = items[start : start + config.chunk_size]
-                    if kind == "red_team":
-                        records = revise(
-                            policy, constitution, chunk, config, seed, on_generated=lambda n: bar.advance(task, n)
-                        )
-                    else:
-                        records = answer(policy, chunk, config, constitution, seed)
-                        bar.advance(task, len(chunk))
-                    records_out.write(records)
+            do_chunk = functools.partial(_chunk_records, constitution, config, seed)
+            engine = engine or LocalEngine(policy)
+            engine.run(chunks, do_chunk, stage, (records_out, rejected_out), lambda n: bar.advance(task, n))
     finally:
         records_out.close()
         rejected_out.close()

@@ -5,6 +5,7 @@ Layout::
     RUN_DIR/manifest.json               config, seed, versions, per-stage status and config hash
     RUN_DIR/<stage>/part-00000.jsonl    records, appended a batch at a time (fsync'd)
     RUN_DIR/<stage>/rejected-00000.jsonl inputs the stage refused, with the reason
+    RUN_DIR/<stage>/part-chunk-<hash>.jsonl one chunk a Ray worker wrote whole (engine/), and its rejected-chunk-*
 
 Every process that writes a stage opens fresh shards, so a kill can at worst leave a torn last line in a
 shard nobody appends to again; readers skip such a line and the ids it held are simply redone on resume.
@@ -21,7 +22,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -74,6 +75,21 @@ class ShardWriter:
             self._file.close()
 
 
+def _write_whole(path: Path, records: Sequence[BaseModel]) -> None:
+    """A file written to a temporary name (hidden from readers), flushed to disk, then renamed into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as file:
+            file.write("".join(record.model_dump_json() + "\n" for record in records))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
 class StageFolder:
     """One stage's record folder: what is done, and fresh writers for what comes next. Knows no manifest."""
 
@@ -95,6 +111,17 @@ class StageFolder:
         number = len(shard_paths(self.dir, "part")) + len(shard_paths(self.dir, "rejected"))
         stamp = f"{number:05d}-{os.getpid()}"
         return ShardWriter(self.dir / f"part-{stamp}.jsonl"), ShardWriter(self.dir / f"rejected-{stamp}.jsonl")
+
+    def write_chunk(self, records: Sequence[BaseModel], rejected: Sequence[RejectedRecord]) -> None:
+        """One chunk's output as shards of its own, named by the ids it holds and each written whole or not at all:
+        a chunk done again (its worker died after writing it) replaces its own files, so no id is there twice."""
+        ids = sorted(record.id for record in [*records, *rejected])
+        key = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # Rejections first: a kill between the two files leaves the records' ids undone, to be redone on resume.
+        for prefix, items in (("rejected", rejected), ("part", records)):
+            if items:
+                _write_whole(self.dir / f"{prefix}-chunk-{key}.jsonl", items)
 
 
 def refuse_foreign(run_dir: Path) -> None:

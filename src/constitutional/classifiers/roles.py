@@ -9,6 +9,7 @@ gives the same examples.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from constitutional.engine import Advance, ChunkEngine, LocalEngine, Output
 from constitutional.models.base import LanguageModel, Prompt, SamplingParams, uses_chat
 from constitutional.prompts import JUDGE_RATING_LEAD, YES_NO_OPTIONS, judge_options, judge_request
 from constitutional.records import Record
@@ -78,37 +80,50 @@ def generate(
     seed: int,
     chunk_size: int,
     advance: Callable[[int], None] = lambda n: None,
+    engine: ChunkEngine | None = None,
 ) -> dict[str, Generation]:
-    """Every task's generation: those already on disk, then the rest in batched calls of `chunk_size`."""
-    done = {g.id: g for g in folder.records(Generation)}
+    """Every task's generation: those already on disk, then the rest in batched calls of `chunk_size` (by `engine`:
+    default `model`, in this process)."""
+    done = {g.id for g in folder.records(Generation)}
     todo = [task for task in tasks if task.id not in done]
     advance(len(tasks) - len(todo))
-    writer, _ = folder.writers()
+    chunks = [
+        chunk
+        for purpose in ("requests", "answer", "paraphrase")
+        for chunk in _chunks([t for t in todo if t.purpose == purpose], chunk_size)
+    ]
+    writers = folder.writers()
     try:
-        for purpose in ("requests", "answer", "paraphrase"):
-            for chunk in _chunks([t for t in todo if t.purpose == purpose], chunk_size):
-                batch_params = params[purpose].model_copy(update={"seed": _chunk_seed(seed, chunk[0].id)})
-                outputs = model.generate([task.prompt for task in chunk], batch_params)
-                made = [
-                    Generation(
-                        id=task.id,
-                        purpose=task.purpose,
-                        category=task.category,
-                        template=task.template,
-                        prompt=task.prompt,
-                        output=output,
-                        model=model.name,
-                        params=batch_params.model_dump(),
-                        seed=seed,
-                    )
-                    for task, output in zip(chunk, outputs, strict=True)
-                ]
-                writer.write(made)
-                done.update((g.id, g) for g in made)
-                advance(len(chunk))
+        engine = engine or LocalEngine(model)
+        engine.run(chunks, functools.partial(_generations, params, seed), folder, writers, advance)
     finally:
-        writer.close()
-    return done
+        for writer in writers:
+            writer.close()
+    return {g.id: g for g in folder.records(Generation)}
+
+
+def _generations(
+    params: dict[Purpose, SamplingParams], seed: int, model: LanguageModel, chunk: Sequence[Task], advance: Advance
+) -> Output:
+    """One chunk of tasks of one purpose, generated in one batched call."""
+    batch_params = params[chunk[0].purpose].model_copy(update={"seed": _chunk_seed(seed, chunk[0].id)})
+    outputs = model.generate([task.prompt for task in chunk], batch_params)
+    made = [
+        Generation(
+            id=task.id,
+            purpose=task.purpose,
+            category=task.category,
+            template=task.template,
+            prompt=task.prompt,
+            output=output,
+            model=model.name,
+            params=batch_params.model_dump(),
+            seed=seed,
+        )
+        for task, output in zip(chunk, outputs, strict=True)
+    ]
+    advance(len(chunk))
+    return Output(made)
 
 
 @dataclass(frozen=True)
@@ -125,35 +140,41 @@ def judge(
     template: str,
     chunk_size: int,
     advance: Callable[[int], None] = lambda n: None,
+    engine: ChunkEngine | None = None,
 ) -> dict[str, Judgement]:
-    """The judge's P(restricted) for every task: Yes vs No read from one scoring pass, normalised over the two."""
-    done = {j.id: j for j in folder.records(Judgement)}
+    """The judge's P(restricted) for every task: Yes vs No read from one scoring pass, normalised over the two
+    (by `engine`: default `model`, in this process)."""
+    done = {j.id for j in folder.records(Judgement)}
     todo = [task for task in tasks if task.id not in done]
     advance(len(tasks) - len(todo))
-    chat = uses_chat(model)
-    options = judge_options(YES_NO_OPTIONS, chat)
-    writer, _ = folder.writers()
+    writers = folder.writers()
     try:
-        for chunk in _chunks(todo, chunk_size):
-            prompts: list[Prompt] = [judge_request(task.question, chat, JUDGE_RATING_LEAD) for task in chunk]
-            scored = model.choice_logprobs(prompts, options)
-            made = [
-                Judgement(
-                    id=task.id,
-                    kind=task.kind,
-                    p_restricted=_p_yes(row),
-                    logprobs=list(row),
-                    template=template,
-                    model=model.name,
-                )
-                for task, row in zip(chunk, scored, strict=True)
-            ]
-            writer.write(made)
-            done.update((j.id, j) for j in made)
-            advance(len(chunk))
+        engine = engine or LocalEngine(model)
+        engine.run(list(_chunks(todo, chunk_size)), functools.partial(_judgements, template), folder, writers, advance)
     finally:
-        writer.close()
-    return done
+        for writer in writers:
+            writer.close()
+    return {j.id: j for j in folder.records(Judgement)}
+
+
+def _judgements(template: str, model: LanguageModel, chunk: Sequence[JudgeTask], advance: Advance) -> Output:
+    """One chunk of items read by the judge in one scoring pass."""
+    chat = uses_chat(model)
+    prompts: list[Prompt] = [judge_request(task.question, chat, JUDGE_RATING_LEAD) for task in chunk]
+    scored = model.choice_logprobs(prompts, judge_options(YES_NO_OPTIONS, chat))
+    made = [
+        Judgement(
+            id=task.id,
+            kind=task.kind,
+            p_restricted=_p_yes(row),
+            logprobs=list(row),
+            template=template,
+            model=model.name,
+        )
+        for task, row in zip(chunk, scored, strict=True)
+    ]
+    advance(len(chunk))
+    return Output(made)
 
 
 def _p_yes(logprobs: Sequence[float]) -> float:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from constitutional.classifiers import augment, dedupe, relabel, roles
 from constitutional.classifiers.constitution import GENERAL, ClassifierConstitution
 from constitutional.classifiers.records import ClassifierExample, Provenance
+from constitutional.engine import ChunkEngine, LocalEngine
 from constitutional.models.base import HUMAN_TURN, LanguageModel, SamplingParams
 from constitutional.progress import progress_bar
 from constitutional.prompts import (
@@ -314,21 +315,24 @@ def generate(
     constitution: ClassifierConstitution,
     config: DataConfig,
     seed: int,
+    engines: tuple[ChunkEngine, ChunkEngine] | None = None,
 ) -> dict[str, Any]:
-    """Make the pool into `folder` (resumable): requests, then answers and paraphrases, then the judge's readings."""
+    """Make the pool into `folder` (resumable): requests, then answers and paraphrases, then the judge's readings.
+    `engines` do the generator's and the judge's chunks (default: the models themselves, in this process)."""
     params = _params(config)
+    writes, reads = engines or (LocalEngine(generator), LocalEngine(judge))
     with progress_bar() as bar:
         tasks = request_tasks(constitution, config, seed)
         step = bar.add_task("requests", total=len(tasks), unit="calls")
-        made = roles.generate(folder, generator, tasks, params, seed, config.chunk_size, _advance(bar, step))
+        made = roles.generate(folder, generator, tasks, params, seed, config.chunk_size, _advance(bar, step), writes)
         requests = _pool(constitution, config, seed, made)
         tasks = followup_tasks(requests, config, seed)
         step = bar.add_task("answers, paraphrases", total=len(tasks), unit="calls")
-        made = roles.generate(folder, generator, tasks, params, seed, config.chunk_size, _advance(bar, step))
+        made = roles.generate(folder, generator, tasks, params, seed, config.chunk_size, _advance(bar, step), writes)
         questions = relabel.judge_tasks(plain_items(requests, made, seed), constitution, config.judge_share, seed)
         step = bar.add_task("judge", total=len(questions), unit="items")
         judgements = StageFolder(folder.dir / JUDGEMENTS)
-        roles.judge(judgements, judge, questions, "CLF_JUDGE_TEMPLATE", config.chunk_size, _advance(bar, step))
+        roles.judge(judgements, judge, questions, "CLF_JUDGE_TEMPLATE", config.chunk_size, _advance(bar, step), reads)
     return {
         "written_requests": sum(r.generator == WRITTEN for r in requests),
         "generated_requests": sum(r.generator != WRITTEN for r in requests),

@@ -10,14 +10,17 @@ conclusions go to run_dir/evaluate/summary.json (EvalSummary).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 from constitutional.constitution import Constitution
+from constitutional.engine import Advance, ChunkEngine, LocalEngine, Output
 from constitutional.evaluate.conclusions import answers_of, headline, summarize
 from constitutional.evaluate.config import CRITERIA, EvalConfig
 from constitutional.evaluate.evasiveness import judge_evasive
@@ -25,7 +28,7 @@ from constitutional.evaluate.harmfulness import rubric_ratings
 from constitutional.evaluate.hhh import judge_quality
 from constitutional.evaluate.judge import judge_prompts
 from constitutional.evaluate.pairwise import compare
-from constitutional.models.base import LanguageModel, Message, context_overflows
+from constitutional.models.base import LanguageModel, Message, SamplingParams, context_overflows
 from constitutional.models.spec import ModelSpec
 from constitutional.progress import progress_bar
 from constitutional.prompts import (
@@ -49,6 +52,14 @@ from constitutional.records import (
 from constitutional.reward import PreferenceModel
 from constitutional.sources import load_prompts
 from constitutional.store import StageFolder
+
+# What does a candidate's answering chunks, given its spec and its model loaded here (engine.open_engine's shape).
+Engines = Callable[[ModelSpec, LanguageModel], AbstractContextManager[ChunkEngine]]
+
+
+def _here(spec: ModelSpec, model: LanguageModel) -> AbstractContextManager[ChunkEngine]:
+    return contextlib.nullcontext(LocalEngine(model))
+
 
 # The label of the SL-CAI revision texts scored for the revision curve.
 REVISIONS = "revisions"
@@ -120,6 +131,7 @@ def _answer_all(
     prompts: dict[str, list[PromptRecord]],
     load: Callable[[ModelSpec], LanguageModel],
     seed: int,
+    engines: Engines,
 ) -> None:
     """Each candidate answers every prompt at the first temperature, and the red-team prompts at every other."""
     temperatures = run.config.temperatures
@@ -142,31 +154,51 @@ def _answer_all(
         room = run.config.sampling.max_new_tokens
         run.refuse(asked, context_overflows(model, [p.messages for p in asked], room), f"candidate {label}")
         run.bar.advance(task, sum(p.id in run.rejected_ids for *_, p in mine))
-        for temperature in temperatures:
-            params = run.config.sampling.model_copy(update={"temperature": temperature, "seed": seed})
-            batch_jobs = [j for j in mine if j[1] == temperature and j[3].id not in run.rejected_ids]
-            for chunk in _chunks(batch_jobs, run.config.chunk_size):
-                texts = model.generate([p.messages for *_, p in chunk], params)
-                run.write(
-                    [
-                        (
-                            _answer_id(label, temperature, p.id),
-                            EvalAnswer(
-                                model=label,
-                                model_name=spec.name,
-                                prompt_id=p.id,
-                                kind=kind,
-                                prompt=p.messages,
-                                temperature=temperature,
-                                text=text,
-                                seed=seed,
-                            ),
-                        )
-                        for (_, _, kind, p), text in zip(chunk, texts, strict=True)
-                    ]
-                )
-                run.bar.advance(task, len(chunk))
+        chunks = [
+            chunk
+            for temperature in temperatures
+            for chunk in _chunks(
+                [j for j in mine if j[1] == temperature and j[3].id not in run.rejected_ids], run.config.chunk_size
+            )
+        ]
+        do_chunk = functools.partial(_answer_chunk, spec.name, run.config.sampling, seed)
+        with engines(spec, model) as engine:
+            engine.run(chunks, do_chunk, run.stage, (run.writer, run.rejected), lambda n: run.bar.advance(task, n))
         del model  # one candidate in memory at a time
+    # The answers went to disk, here or from the workers of a cluster: what is there now is what was answered.
+    run.entries.update((r.id, r.entry) for r in run.stage.records(EvalRecord))
+
+
+def _answer_chunk(
+    model_name: str,
+    sampling: SamplingParams,
+    seed: int,
+    model: LanguageModel,
+    chunk: Sequence[tuple[str, float, str, PromptRecord]],
+    advance: Advance,
+) -> Output:
+    """One candidate's answers to a chunk of (label, temperature, kind, prompt) jobs of one temperature."""
+    label, temperature = chunk[0][0], chunk[0][1]
+    params = sampling.model_copy(update={"temperature": temperature, "seed": seed})
+    texts = model.generate([p.messages for *_, p in chunk], params)
+    records = [
+        EvalRecord(
+            id=_answer_id(label, temperature, p.id),
+            entry=EvalAnswer(
+                model=label,
+                model_name=model_name,
+                prompt_id=p.id,
+                kind=kind,
+                prompt=p.messages,
+                temperature=temperature,
+                text=text,
+                seed=seed,
+            ),
+        )
+        for (_, _, kind, p), text in zip(chunk, texts, strict=True)
+    ]
+    advance(len(chunk))
+    return Output(records)
 
 
 def _refuse_beyond_judge(
@@ -312,10 +344,13 @@ def evaluate(
     pm_dir: Path | None,
     constitution: Constitution,
     summary_path: Path,
+    engines: Engines | None = None,
 ) -> dict[str, Any]:
     """The evaluate stage: answers, judgements, ratings (resumable), the judge's own accuracy, then the summary.
 
     Records go to `stage`; the conclusions (EvalSummary) to `summary_path`. Returns the headline numbers.
+    `engines` gives, for a candidate's spec and loaded model, what does its answering chunks (default: the model,
+    in this process); the judge and the preference model always run here.
     """
     labels = list(candidates)
     judge_model = functools.cache(lambda: load(judge))
@@ -323,7 +358,7 @@ def evaluate(
         run = _Run(stage, config, bar)
         try:
             prompts = _load_prompt_sets(config, run)
-            _answer_all(run, candidates, prompts, load, seed)
+            _answer_all(run, candidates, prompts, load, seed, engines or _here)
             _refuse_beyond_judge(run, judge_model(), labels, prompts)
             if len(labels) > 1:
                 _pairwise_all(run, judge_model, labels, prompts)

@@ -130,3 +130,12 @@ def upstream_hashes(recipe: Recipe, stage: StageDef, view: RunView | RunStore) -
 
 def model_key(spec) -> dict[str, Any]:
     return spec.model_dump(include=MODEL_KEYS)
+
+
+def chunk_engine(recipe: Recipe, spec, model):
+    """What does a stage's chunks for one model, as the recipe's `engine:` says: `model` here, or Ray workers each
+    loading `spec` (a context manager: the workers are released when the block ends)."""
+    from constitutional.engine import open_engine
+    from constitutional.models import load_model
+
+    return open_engine(recipe.engine, spec, model, load_model)

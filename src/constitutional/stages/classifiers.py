@@ -9,7 +9,7 @@ import hashlib
 from typing import Any
 
 from constitutional.recipe import Recipe
-from constitutional.stages.base import Context, StageDef, model_key
+from constitutional.stages.base import Context, StageDef, chunk_engine, model_key
 
 # Settings that change how often work is saved, not what it produces: left out of fingerprints.
 SPEED_ONLY = {"checkpoint_steps"}
@@ -65,7 +65,12 @@ def _clf_generate(recipe: Recipe, ctx: Context) -> dict[str, Any]:
     from constitutional.classifiers.synthesize import generate
 
     generator, judge = _load(recipe.models.generator), _load(recipe.models.judge)
-    return generate(ctx.folder, generator, judge, _constitution(recipe), recipe.classifiers.data, recipe.seed)
+    with (
+        chunk_engine(recipe, recipe.models.generator, generator) as writes,
+        chunk_engine(recipe, recipe.models.judge, judge) as reads,
+    ):
+        data = recipe.classifiers.data
+        return generate(ctx.folder, generator, judge, _constitution(recipe), data, recipe.seed, (writes, reads))
 
 
 DATA_TEMPLATES = (

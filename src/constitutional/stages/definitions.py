@@ -8,7 +8,7 @@ from typing import Any
 from constitutional.recipe import Recipe
 from constitutional.records import ComparisonRecord, EvalSummary, LabelStats, PairRecord, PMMetrics, SLRecord
 from constitutional.runview import RunView
-from constitutional.stages.base import Context, StageDef, model_key
+from constitutional.stages.base import Context, StageDef, chunk_engine, model_key
 
 # Settings that change how often work is saved, not what it produces: left out of fingerprints.
 SPEED_ONLY = {"checkpoint_steps"}
@@ -45,7 +45,8 @@ def _sl_generate(recipe: Recipe, ctx: Context) -> dict[str, Any]:
     from constitutional import sl
 
     policy = _load(recipe.models.policy)
-    return sl.generate(ctx.folder, policy, _constitution(recipe), recipe.sl, recipe.seed)
+    with chunk_engine(recipe, recipe.models.policy, policy) as engine:
+        return sl.generate(ctx.folder, policy, _constitution(recipe), recipe.sl, recipe.seed, engine)
 
 
 SL_GENERATE = StageDef(
@@ -104,8 +105,10 @@ def _pair_policy(recipe: Recipe, ctx: Context):
 def _rl_sample(recipe: Recipe, ctx: Context) -> dict[str, Any]:
     from constitutional import pairs
 
-    policy = _load(_pair_policy(recipe, ctx))
-    return pairs.sample(ctx.folder, policy, _constitution(recipe).tag, recipe.sample, recipe.seed)
+    spec = _pair_policy(recipe, ctx)
+    policy = _load(spec)
+    with chunk_engine(recipe, spec, policy) as engine:
+        return pairs.sample(ctx.folder, policy, _constitution(recipe).tag, recipe.sample, recipe.seed, engine)
 
 
 RL_SAMPLE = StageDef(
@@ -142,7 +145,8 @@ def _rl_label(recipe: Recipe, ctx: Context) -> dict[str, Any]:
 
     pairs = ctx.records(RL_SAMPLE, PairRecord)
     model = _load(recipe.models.feedback)
-    return feedback.label(ctx.folder, pairs, model, _constitution(recipe), recipe.label, recipe.seed)
+    with chunk_engine(recipe, recipe.models.feedback, model) as engine:
+        return feedback.label(ctx.folder, pairs, model, _constitution(recipe), recipe.label, recipe.seed, engine)
 
 
 RL_LABEL = StageDef(
@@ -269,6 +273,7 @@ def _evaluate(recipe: Recipe, ctx: Context) -> dict[str, Any]:
         pm_dir=ctx.output(PM_TRAIN, "model") if ctx.complete(PM_TRAIN) else None,
         constitution=_constitution(recipe),
         summary_path=ctx.output(EVALUATE, "summary"),
+        engines=lambda spec, model: chunk_engine(recipe, spec, model),
     )
 
 
