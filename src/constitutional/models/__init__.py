@@ -37,6 +37,10 @@ def load_model(spec: ModelSpec) -> LanguageModel:
 
     path = resolve(spec.name)  # an unknown name fails here, before torch is even imported
     check_folder(path, spec)
+    if spec.backend == "vllm":
+        from constitutional.models.vllm_engine import VLLMModel
+
+        return VLLMModel.load(spec, path)
     from constitutional.models.hf import TransformersModel
 
     try:
@@ -74,7 +78,7 @@ def check_model(spec: ModelSpec, field: str | None = None) -> None:
             err = embedded.unknown_model(name, "the llamacpp backend loads a .gguf file or an embedded model")
             raise InputError(str(err).split("\n")[0], field=f"{where}name", hint=err.hint)
         return
-    if spec.backend != "transformers":
+    if spec.backend not in ("transformers", "vllm"):
         return  # another backend checks its own names when it loads
     if name in embedded.EMBEDDED:
         embedded.check_embedded(name)

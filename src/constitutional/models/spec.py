@@ -16,9 +16,10 @@ class ModelSpec(BaseModel):
         default="smollm2-135m-instruct",
         description="Embedded short name, Hugging Face id, local path, or the served model name (openai backend).",
     )
-    backend: Literal["transformers", "openai", "llamacpp"] = Field(
+    backend: Literal["transformers", "openai", "llamacpp", "vllm"] = Field(
         default="transformers",
-        description="transformers (safetensors), openai (a server), llamacpp (a GGUF file run in-process).",
+        description="transformers (safetensors), openai (a server), llamacpp (a GGUF file run in-process), vllm "
+        "(vLLM's offline engine, the optional extra `constitutional[vllm]`).",
     )
     # transformers backend
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
@@ -27,9 +28,11 @@ class ModelSpec(BaseModel):
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, mps ...")
     batch_size: int = Field(default=16, ge=1, description="Sequences per forward pass.")
     trust_remote_code: bool = Field(default=False, description="Run code shipped with the weights (off by default).")
-    # llamacpp backend
+    # vllm backend
+    tensor_parallel_size: int = Field(default=1, ge=1, description="vllm: GPUs one copy of the model is split across.")
+    # llamacpp and vllm backends
     context_length: int = Field(
-        default=4096, ge=64, description="llamacpp: tokens the context holds, prompt and continuation together."
+        default=4096, ge=64, description="llamacpp, vllm: tokens the context holds, prompt and continuation together."
     )
     # openai backend
     base_url: str | None = Field(default=None, description="e.g. http://127.0.0.1:8000/v1 (vLLM, llama.cpp, Ollama).")
