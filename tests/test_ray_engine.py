@@ -24,6 +24,7 @@ from constitutional.errors import InputError
 from constitutional.recipe import load_recipe
 from constitutional.records import SLRecord
 from constitutional.runview import RunView
+from constitutional.stages import CLASSIFIER_STAGES, STAGES
 from constitutional.store import StageFolder
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (make install-dev installs it)")
@@ -169,6 +170,60 @@ def test_sl_generate_on_two_workers_completes_the_same_ids_as_one_process(cluste
     assert len(list(folder.glob("part-chunk-*.jsonl"))) == PROMPTS // 2
     assert sorted(_ids_on_disk(folder)) == sorted(_expected(tmp_path))
     assert not list(folder.glob("part-0*.jsonl"))
+
+
+OTHER_STAGES = {  # stage -> (the stages run, their registry, the folders whose ids are compared)
+    "rl_sample+rl_label": (["rl_sample", "rl_label"], STAGES, ["rl_sample", "rl_label"]),
+    "evaluate": (["evaluate"], STAGES, ["evaluate"]),
+    "clf_generate": (["clf_generate"], CLASSIFIER_STAGES, ["clf_generate", "clf_generate/judgements"]),
+}
+
+
+def _every_stage(tmp_path: Path, chat: Path, base: Path, run: str, engine: dict | None = None) -> Path:
+    path = _recipe(tmp_path, str(chat), run, engine)
+    recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    short = {"max_new_tokens": 6, "stop": []}
+    model = {"dtype": "float32", "device": "cpu", "batch_size": 4}
+    prompts, helpful = str(tmp_path / "red.txt"), tmp_path / "helpful.txt"
+    helpful.write_text("".join(f"how do I bake loaf {i}?\n" for i in range(3)), encoding="utf-8")
+    recipe["models"].update({role: {"name": str(base), **model} for role in ("feedback", "judge")})
+    recipe["models"]["generator"] = {"name": str(chat), **model}
+    recipe["sample"] = {"policy": "policy", "red_team_prompts": prompts, "helpful_prompts": None, "chunk_size": 2}
+    recipe["sample"]["sampling"] = short
+    recipe["label"] = {"chunk_size": 2, "num_demonstrations": 0, "num_principles": 2}
+    recipe["evaluate"] = {
+        "red_team_prompts": prompts,
+        "helpful_prompts": str(helpful),
+        "temperatures": [1.0, 0.0],
+        "chunk_size": 2,
+        "sampling": short,
+        "judge_items": None,
+        "revision_records": 0,
+        "bootstrap": 10,
+    }
+    data = {"rounds": 1, "answers_per_category": 1, "max_general": 2, "chunk_size": 9, "request_tokens": 8}
+    data |= {"paraphrase_share": 0.0, "judge_share": 0.2}
+    recipe["classifiers"] = {"data": {**data, "sampling": short}}
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("stage", list(OTHER_STAGES))
+def test_the_other_generation_stages_complete_the_same_ids_on_the_cluster(
+    stage, cluster, tmp_path, tiny_model_path, tiny_base_model_path
+):
+    names, registry, folders = OTHER_STAGES[stage]
+    engine = {"kind": "ray", "address": cluster.address, "workers": 1}  # two workers: the sl_generate tests
+    for run, chosen in (("local", None), ("ray", engine)):
+        recipe = load_recipe(_every_stage(tmp_path, tiny_model_path, tiny_base_model_path, run, chosen))
+        pipeline.run(recipe, names, registry=registry)
+
+    for folder in folders:
+        local, spread = _ids_on_disk(tmp_path / "local" / folder), _ids_on_disk(tmp_path / "ray" / folder)
+        assert spread and sorted(spread) == sorted(local), folder
+        if stage != "evaluate":  # the judge's records of the evaluation are written here, by the driver
+            assert list((tmp_path / "ray" / folder).glob("part-chunk-*.jsonl")), folder
+    assert all(RunView(tmp_path / "ray").is_complete(name) for name in names)
 
 
 def test_a_worker_that_dies_mid_chunk_is_restarted_and_its_chunk_done_once(cluster, tmp_path, tiny_model_path):
