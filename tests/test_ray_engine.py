@@ -276,3 +276,27 @@ def test_a_driver_killed_mid_stage_is_resumed_with_every_id_once(cluster, tmp_pa
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert RunView(tmp_path / "run").is_complete("sl_generate")
     assert sorted(_ids_on_disk(folder)) == sorted(_expected(tmp_path))
+
+
+@pytest.mark.slow
+def test_the_embedded_policy_on_two_workers_survives_a_killed_worker_with_the_ids_of_one_process(cluster, tmp_path):
+    """smollm2-135m-instruct: one process, then two workers of which one is killed mid-chunk once a chunk is on disk:
+    Ray restarts it, its chunk is done again, and the run ends with every id of the one-process run exactly once."""
+    import threading
+
+    settings = {"max_prompts": 4, "chunk_size": 1, "num_demonstrations": 0, "sampling": {"max_new_tokens": 8}}
+    policy = "smollm2-135m-instruct"
+    pipeline.run(load_recipe(_recipe(tmp_path, policy, "local", **settings)), ["sl_generate"])
+    engine = {"kind": "ray", "address": cluster.address, "workers": 2}
+    folder = tmp_path / "ray" / "sl_generate"
+    killed: list[int] = []
+    watcher = threading.Thread(target=lambda: killed.append(cluster.kill_a_busy_worker(folder, chunks=1)))
+    watcher.start()
+    pipeline.run(load_recipe(_recipe(tmp_path, policy, "ray", engine, **settings)), ["sl_generate"])
+    watcher.join()
+
+    assert killed and killed[0] not in cluster.workers(), "the killed worker is still there"
+    local = {r.id for r in RunView(tmp_path / "local").records("sl_generate", SLRecord)}
+    assert len(local) == 4
+    assert sorted(_ids_on_disk(folder)) == sorted(local)
+    assert RunView(tmp_path / "ray").is_complete("sl_generate")

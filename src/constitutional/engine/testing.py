@@ -45,15 +45,31 @@ class LocalCluster:
     env: dict[str, str]  # what a driver process needs in its environment to join (token auth)
     nodes: list[subprocess.Popen] = field(default_factory=list)
 
-    def node_processes(self) -> list[int]:
-        """Process ids of every process the cluster's nodes started (the workers among them)."""
+    def workers(self, busy: bool = False) -> list[int]:
+        """Process ids of the model replicas (`ray_workers.Replica` actors) the cluster's nodes run now; `busy`:
+        only those doing a chunk (Ray titles a process by the actor method it is in)."""
         import psutil
 
+        title = "ray::Replica.run" if busy else "ray::Replica"
         found = []
         for node in self.nodes:
             with contextlib.suppress(psutil.NoSuchProcess):
-                found += [child.pid for child in psutil.Process(node.pid).children(recursive=True)]
+                for child in psutil.Process(node.pid).children(recursive=True):
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        if " ".join(child.cmdline()).startswith(title):
+                            found.append(child.pid)
         return found
+
+    def kill_a_busy_worker(self, folder: Path, chunks: int, timeout: float = START_SECONDS * 5) -> int:
+        """Once `chunks` chunks are on disk in the stage folder, SIGKILL a replica that is doing one; its pid."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            busy = self.workers(busy=True) if len(list(folder.glob("part-chunk-*.jsonl"))) >= chunks else []
+            if busy:
+                os.kill(busy[0], signal.SIGKILL)
+                return busy[0]
+            time.sleep(0.05)
+        raise TimeoutError(f"no worker was busy after {chunks} chunks within {timeout:g} s")
 
 
 def _wait_for_port(host: str, port: int, process: subprocess.Popen, log: Path) -> None:
