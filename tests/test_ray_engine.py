@@ -27,8 +27,6 @@ from constitutional.runview import RunView
 from constitutional.stages import CLASSIFIER_STAGES, STAGES
 from constitutional.store import StageFolder
 
-ray = pytest.importorskip("ray", reason="the ray extra is not installed (make install-dev installs it)")
-
 PROMPTS = 8
 WAIT = 300.0  # seconds a run may take to reach a kill point on a busy two-core machine
 
@@ -263,13 +261,13 @@ def test_a_driver_killed_mid_stage_is_resumed_with_every_id_once(cluster, tmp_pa
     with log.open("w") as output:
         driver = subprocess.Popen(command, env=env, stdout=output, stderr=output)
     deadline = time.monotonic() + WAIT
-    while len(list(folder.glob("part-chunk-*.jsonl"))) < 2 and driver.poll() is None and time.monotonic() < deadline:
+    while not list(folder.glob("part-chunk-*.jsonl")) and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert driver.poll() is None, f"the stage ended before the kill:\n{log.read_text()[-3000:]}"
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     written = len(_ids_on_disk(folder))
-    assert 2 <= written < PROMPTS
+    assert 1 <= written < PROMPTS
     assert RunView(tmp_path / "run").status("sl_generate").status == "running"
 
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=WAIT)
