@@ -223,6 +223,27 @@ def test_a_saved_output_classifier_loads_with_the_same_scores(trained_output, tm
     assert loaded.traces(answer)[0].scores == pytest.approx(trained_output.classifier.traces(answer)[0].scores)
 
 
+def test_an_own_backbone_loads_without_the_layers_after_the_head_and_scores_the_same(tiny_model_path, tmp_path):
+    from constitutional.classifiers.saved import load_output_classifier, save_output_classifier
+    from constitutional.classifiers.settings import StreamClassifierSettings
+    from constitutional.classifiers.stream_model import decoder_layers, train_stream_classifier
+
+    answers = [
+        example(i, e.messages[0]["content"], e.label, e.category, e.split, answer=f"Sure: {e.messages[0]['content']}")
+        for i, e in enumerate(hand_made("train") + hand_made("calibration"))
+    ]
+    settings = StreamClassifierSettings(backbone=str(tiny_model_path), dtype="float32", layer=0, epochs=2)
+    trained = train_stream_classifier(answers, settings)
+    loaded = load_output_classifier(save_output_classifier(trained, tmp_path / "output"))
+    assert len(decoder_layers(trained.classifier.lm.model)) == 2 and len(decoder_layers(loaded.lm.model)) == 1
+    answer = [example(0, "bake bread", 0, "general", answer="Mix flour and water, knead, then bake it.")]
+    expected = trained.classifier.traces(answer)[0].scores
+    assert loaded.traces(answer)[0].scores == pytest.approx(expected, abs=1e-5)
+    stream = loaded.start(answer[0].messages)
+    verdicts = stream.push_many(["Mix flour and wa", "ter, knead, then bake it."])
+    assert verdicts[-1][0].score == pytest.approx(max(expected), abs=1e-5)
+
+
 def test_load_classifiers_reads_both_and_checks_the_backbone(trained_input, trained_output, tiny_model_path, tmp_path):
     from constitutional.classifiers.saved import (
         load_classifiers,

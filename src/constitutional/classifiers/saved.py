@@ -211,17 +211,18 @@ def load_input_classifier(folder: str | Path) -> InputModel:
 
 def load_output_classifier(folder: str | Path, backbone: TransformersModel | None = None) -> StreamModel:
     """The output classifier saved in `folder`. `backbone` shares an already loaded model (the policy, when the
-    classifier was trained on it); otherwise the backbone the folder names is loaded. Either way it must be the
-    model the head was trained on."""
+    classifier was trained on it); otherwise the backbone the folder names is loaded, without the layers after the
+    one the head reads. Either way it must be the model the head was trained on."""
     from safetensors.torch import load_file
 
     from constitutional.classifiers.settings import StreamClassifierSettings
-    from constitutional.classifiers.stream_model import load_backbone
+    from constitutional.classifiers.stream_model import drop_layers_after, load_backbone
 
     folder = Path(folder)
     config = _read_config(folder, "output")
     if backbone is None:
         backbone = load_backbone(StreamClassifierSettings(backbone=config["backbone"], dtype=config["dtype"]))
+        drop_layers_after(backbone.model, config["layer"])  # its own backbone: only the head reads it
     if backbone_fingerprint(backbone.model, config["layer"]) != config["fingerprint"]:
         raise InputError(
             f"the head in {folder} was trained on other weights than those of {backbone.name}",

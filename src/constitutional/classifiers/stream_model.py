@@ -94,11 +94,27 @@ def decoder_layers(model: Any) -> nn.ModuleList:
     return layers
 
 
-def feature_module(model: Any, layer: int) -> nn.Module:
-    layers = decoder_layers(model)
+def feature_module_index(layers: nn.ModuleList, layer: int) -> int:
     if not -len(layers) <= layer < len(layers):
         raise InputError(f"layer {layer} does not exist: the backbone has {len(layers)} layers", field="layer")
-    return layers[layer]
+    return layer % len(layers)
+
+
+def feature_module(model: Any, layer: int) -> nn.Module:
+    layers = decoder_layers(model)
+    return layers[feature_module_index(layers, layer)]
+
+
+def drop_layers_after(model: Any, layer: int) -> None:
+    """Remove the decoder layers after `layer` from a backbone only the head reads (the guard's own): they never
+    reach the head, so scoring then costs (layer + 1) / n of a full forward, and their weights free memory."""
+    layers = decoder_layers(model)
+    keep = feature_module_index(layers, layer) + 1
+    del layers[keep:]
+    config = model.get_decoder().config  # the decoder runs `layers[: config.num_hidden_layers]`; caches size by it
+    config.num_hidden_layers = keep
+    if getattr(config, "layer_types", None):
+        config.layer_types = config.layer_types[:keep]
 
 
 def backbone_fingerprint(model: Any, layer: int) -> str:
