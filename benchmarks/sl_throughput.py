@@ -17,9 +17,10 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
+from counting import CountingModel
 from rich.console import Console
 from rich.table import Table
 
@@ -29,28 +30,6 @@ from constitutional.models.hf import TransformersModel
 from constitutional.recipe import DEMO_RECIPE, load_recipe
 from constitutional.sl import SLConfig, revise
 from constitutional.sources import load_prompts
-
-
-@dataclass
-class CountingModel:
-    """Records every real call to the model and the texts it returned; counting happens after timing."""
-
-    model: LanguageModel
-    calls: int = 0
-    completions: list[str] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return self.model.name
-
-    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[str]:
-        texts = self.model.generate(prompts, params)
-        self.calls += 1
-        self.completions.extend(texts)
-        return texts
-
-    def choice_logprobs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> list[list[float]]:
-        return self.model.choice_logprobs(prompts, choices)
 
 
 @dataclass

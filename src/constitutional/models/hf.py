@@ -1,4 +1,5 @@
-"""The transformers backend: batched, left-padded generation and one-pass choice scoring."""
+"""The transformers backend: batched, left-padded generation (a cache of fixed size, reusing what earlier calls read:
+kvcache.py; on-tensor sampling: sampling.py; CPU decode attention: attention.py) and one-pass choice scoring."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    DynamicCache,
+    LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     StoppingCriteria,
@@ -15,8 +18,18 @@ from transformers import (
 )
 
 from constitutional.errors import InputError
+from constitutional.models.attention import use_decode_attention
 from constitutional.models.base import Message, Prompt, SamplingParams, cut_at_stop, render_transcript
+from constitutional.models.kvcache import (
+    KeysValues,
+    KeyValueStore,
+    answer_read,
+    filled_cache,
+    holds_every_position,
+    keep_rows,
+)
 from constitutional.models.prefix import PrefixGroup, group_by_prefix
+from constitutional.models.sampling import NucleusSampler
 from constitutional.models.spec import ModelSpec
 from constitutional.models.tokens import common_prefix, render_chat
 
@@ -66,11 +79,20 @@ class TransformersModel:
     def __init__(self, name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 16):
         self.name = name
         self.model = model.eval()
+        use_decode_attention(model)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
+        layers = DynamicCache(config=model.config).layers
+        windows = [layer.sliding_window for layer in layers if getattr(layer, "is_sliding", False)]
+        self._window = min(windows, default=None)
+        # Keys and values of what generation read, for calls that continue it; only where every layer keeps every
+        # position (a sliding window forgets the beginning a later call would reuse).
+        self.store = KeyValueStore() if holds_every_position(model.config) else None
+        eos = model.generation_config.eos_token_id
+        self._end_tokens = {*(eos if isinstance(eos, list) else [eos]), tokenizer.pad_token_id} - {None}
 
     @classmethod
     def load(cls, spec: ModelSpec, path: str) -> TransformersModel:
@@ -160,27 +182,25 @@ class TransformersModel:
         (classifiers/stream_model.py)."""
         encoded = [self.render(prompt) for prompt in prompts]
         outputs: list[str] = [""] * len(encoded)
-        sampling = params.temperature > 0
         for batch_number, indices in enumerate(self._batches(encoded)):
             if params.seed is not None:
                 torch.manual_seed(params.seed + batch_number)
-            batch = self._inputs([encoded[i] for i in indices])
+            rows = [encoded[i] for i in indices]
+            batch = self._generation_inputs(rows, params.max_new_tokens)
             prompt_length = batch["input_ids"].shape[1]
             criteria = [StopOnText(self.tokenizer, params.stop, prompt_length)] if params.stop else []
             if watch is not None:
                 criteria.append(watch(prompt_length, indices))
             generated = self.model.generate(
                 **batch,
+                **self._picking(params),
                 max_new_tokens=params.max_new_tokens,
-                do_sample=sampling,
-                temperature=params.temperature if sampling else None,
-                top_p=params.top_p if sampling else None,
-                top_k=None,
                 repetition_penalty=params.repetition_penalty,
                 no_repeat_ngram_size=params.no_repeat_ngram_size,
                 stopping_criteria=StoppingCriteriaList(criteria) if criteria else None,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
+            self._remember(rows, batch, generated)
             new_tokens = generated[:, prompt_length:]
             for i, text in zip(
                 indices, self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True
@@ -188,8 +208,20 @@ class TransformersModel:
                 outputs[i] = cut_at_stop(text, params.stop)
         return outputs
 
+    def _picking(self, params: SamplingParams) -> dict:
+        """How `generate` picks each next token: greedily, from scores a NucleusSampler has already drawn from when
+        sampling (transformers' own top-p sorts the vocabulary at every step)."""
+        sampler = [NucleusSampler(params.temperature, params.top_p)] if params.temperature > 0 else []
+        return {
+            "do_sample": False,
+            "temperature": None,
+            "top_p": None,
+            "top_k": None,
+            "logits_processor": LogitsProcessorList(sampler),
+        }
+
     def _inputs(self, sequences: list[list[int]], keep: int = 1) -> dict:
-        """Inputs for one batch: left-padded, or with shared beginnings already read into a cache.
+        """Scoring inputs for one batch: left-padded, or with shared beginnings already read into a cache.
 
         The last `keep` tokens of every row stay out of the cache, because their logits are needed.
         """
@@ -203,13 +235,26 @@ class TransformersModel:
 
         Every row becomes [padding, beginning | padding, remainder]: the beginnings, left-padded to one width,
         are what the cache holds; the remainders follow, left-padded to another. The attention mask hides both
-        paddings and position ids count real tokens only, so each row computes what it would alone. A row that
-        shares with no one reads up to the same width into the cache too, which costs it nothing extra.
+        paddings and position ids count real tokens only, so each row computes what it would alone.
         """
-        device = self.model.device
+        cached, cache = self._read_beginnings(sequences, groups, keep)
+        group_of = [0] * len(sequences)
+        for number, group in enumerate(groups):
+            for row in group.rows:
+                group_of[row] = number
+        cache.reorder_cache(torch.tensor(group_of, device=self.model.device))  # one copy of its group's cache per row
+        return self._joined(sequences, [cached[number] for number in group_of], cache)
+
+    def _read_beginnings(
+        self, sequences: list[list[int]], groups: list[PrefixGroup], keep: int
+    ) -> tuple[list[int], DynamicCache]:
+        """One pass over each group's shared beginning, left-padded to one width: the tokens read per group and
+        the cache (a row per group). A row that shares with no one reads up to the same width too, which costs it
+        nothing extra; never its last `keep` tokens."""
         width = max(group.length for group in groups)
         cached = [group.length or max(0, min(width, len(sequences[group.rows[0]]) - keep)) for group in groups]
         pad = self.tokenizer.pad_token_id
+        device = self.model.device
         heads = torch.tensor(
             [[pad] * (width - n) + sequences[g.rows[0]][:n] for g, n in zip(groups, cached, strict=True)],
             device=device,
@@ -222,18 +267,60 @@ class TransformersModel:
             use_cache=True,
             logits_to_keep=1,
         )
-        group_of = [0] * len(sequences)
-        for number, group in enumerate(groups):
-            for row in group.rows:
-                group_of[row] = number
-        cache = out.past_key_values
-        cache.reorder_cache(torch.tensor(group_of, device=device))  # one copy of its group's cache per row
-        rests = self._pad([sequence[cached[group_of[row]] :] for row, sequence in enumerate(sequences)])
+        return cached, out.past_key_values
+
+    def _joined(self, sequences: list[list[int]], cached: list[int], cache) -> dict:
+        """Rows as [padding, beginning | padding, remainder], the first `cached[row]` tokens already in `cache`."""
+        width = max(cached)
+        pad = self.tokenizer.pad_token_id
+        device = self.model.device
+        heads = torch.tensor(
+            [[pad] * (width - n) + sequence[:n] for sequence, n in zip(sequences, cached, strict=True)],
+            dtype=torch.long,
+            device=device,
+        )
+        head_mask = torch.tensor([[0] * (width - n) + [1] * n for n in cached], dtype=torch.long, device=device)
+        rests = self._pad([sequence[n:] for sequence, n in zip(sequences, cached, strict=True)])
         return {
-            "input_ids": torch.cat([heads[group_of], rests["input_ids"]], dim=1),
-            "attention_mask": torch.cat([head_mask[group_of], rests["attention_mask"]], dim=1),
+            "input_ids": torch.cat([heads, rests["input_ids"]], dim=1),
+            "attention_mask": torch.cat([head_mask, rests["attention_mask"]], dim=1),
             "past_key_values": cache,
         }
+
+    def _generation_inputs(self, sequences: list[list[int]], room: int) -> dict:
+        """Inputs for generating up to `room` tokens after each sequence, into a cache of fixed size.
+
+        A row's beginning comes already read from the store (an earlier call read it) or from one pass over the
+        beginnings rows of this batch share; `generate` reads the rest.
+        """
+        beginnings: list[KeysValues | None] = [None] * len(sequences)
+        if self.store is not None:
+            beginnings = [self.store.longest(sequence, len(sequence) - 1) for sequence in sequences]
+        fresh = [row for row, beginning in enumerate(beginnings) if beginning is None]
+        groups = [
+            PrefixGroup([fresh[i] for i in group.rows], group.length)
+            for group in group_by_prefix([sequences[row] for row in fresh])
+        ]
+        shared = max((group.length for group in groups), default=0)
+        # A sliding-window layer keeps fewer positions than a longer beginning, which could not be copied whole.
+        if shared and (self._window is None or shared < self._window - 1):
+            cached, cache = self._read_beginnings(sequences, groups, keep=1)
+            for number, (group, n) in enumerate(zip(groups, cached, strict=True)):
+                held = [(layer.keys[number, :, -n:], layer.values[number, :, -n:]) for layer in cache.layers]
+                for row in group.rows:
+                    beginnings[row] = held if n else None
+        cached = [0 if beginning is None else beginning[0][0].shape[-2] for beginning in beginnings]
+        batch = self._joined(sequences, cached, None)
+        length = batch["input_ids"].shape[1] + room
+        batch["past_key_values"] = filled_cache(self.model.config, beginnings, max(cached), length)
+        return batch
+
+    def _remember(self, sequences: list[list[int]], batch: dict, generated: torch.Tensor) -> None:
+        """Store every row's prompt and answer with their keys and values, for calls that continue them."""
+        if self.store is not None:
+            read = batch["attention_mask"].shape[1]
+            answers = [answer_read(row, self._end_tokens) for row in generated[:, read:].tolist()]
+            keep_rows(self.store, batch["past_key_values"], batch["attention_mask"], sequences, answers)
 
     @torch.inference_mode()
     def choice_logprobs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> list[list[float]]:
