@@ -148,6 +148,17 @@ def test_each_push_reads_only_the_new_tokens(classifier, monkeypatch):
     assert stream.cache.get_seq_length() == len(classifier.prefix_ids(CONVERSATION)) + stream.tokens
 
 
+def test_counting_reads_nothing_and_counts_what_a_push_would_read(classifier, monkeypatch):
+    stream = classifier.start(CONVERSATION)
+    reads = []
+    original = stream._read
+    monkeypatch.setattr(stream, "_read", lambda ids: reads.append(len(ids)) or original(ids))
+    counted = stream.count(ANSWER)
+    assert reads == [] and stream.tokens == 0  # counting scored nothing
+    stream.push(ANSWER)
+    assert counted == stream.tokens == reads[0] > 1
+
+
 def test_a_capture_never_sees_another_threads_forward_pass(classifier, backbone):
     import threading
 

@@ -21,6 +21,7 @@ def served(monkeypatch):
 
     def load_classifiers(folder):
         calls["folder"] = folder
+        calls["threads_when_loaded"] = calls.get("threads")
         return KeywordInputClassifier({"x": "y"}), KeywordOutputClassifier({"x": "y"})
 
     saved = types.ModuleType("constitutional.classifiers.saved")
@@ -29,6 +30,9 @@ def served(monkeypatch):
     import uvicorn
 
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.update(app=app, options=options))
+    import torch
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda count: calls.update(threads=count))
     return calls
 
 
@@ -38,12 +42,15 @@ def test_serve_builds_the_guard_from_its_flags(served, tmp_path, monkeypatch):
     result = runner.invoke(
         app,
         ["guard", "serve", "--upstream", "http://127.0.0.1:8080/v1/", "--classifiers", str(tmp_path),
-         "--hold-back", "3", "--port", "8123", "--audit-log", str(audit), "--fail-open"],
+         "--hold-back", "3", "--step-tokens", "5", "--classifier-threads", "2", "--port", "8123",
+         "--audit-log", str(audit), "--fail-open"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert served["folder"] == tmp_path and served["options"]["port"] == 8123
     settings = served["app"].state.guard.settings
     assert settings.upstream == "http://127.0.0.1:8080/v1" and settings.hold_back_tokens == 3 and settings.fail_open
+    assert settings.step_tokens == 5 and served["app"].state.guard.classifiers.gate([]).step_tokens == 5
+    assert settings.classifier_threads == 2 and served["threads_when_loaded"] == 2  # set before the classifiers load
     assert settings.upstream_api_key.get_secret_value() == "upstream-secret"
     assert settings.audit_log == audit
 

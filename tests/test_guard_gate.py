@@ -18,51 +18,137 @@ def pieces(words) -> list[Piece[str]]:
 
 
 def run(gate: OutputGate, items) -> list[str]:
-    """Feed pieces one at a time, as a stream would; what the client would have received."""
+    """Feed pieces one at a time, as a stream would, then end the answer; what the client would have received."""
     received = []
     for item in items:
         received += gate.score([item])
-    return received
+    return received + gate.score([], final=True)
+
+
+class Recording(KeywordOutputClassifier):
+    """Keyword streams that record the texts of every classifier step (one `push_many`)."""
+
+    def __init__(self, keywords):
+        super().__init__(keywords)
+        self.steps: list[list[str]] = []
+
+    def start(self, conversation):
+        stream = super().start(conversation)
+        push_many = stream.push_many
+        stream.push_many = lambda texts: self.steps.append(list(texts)) or push_many(texts)
+        return stream
+
+    @property
+    def scored(self) -> str:
+        return "".join(text for step in self.steps for text in step)
 
 
 @pytest.mark.parametrize("hold_back", [0, 1, 3])
 def test_each_piece_waits_for_hold_back_tokens_after_it(hold_back):
-    gate = OutputGate(KeywordOutputClassifier({}), [], hold_back)
+    gate = OutputGate(KeywordOutputClassifier({}), [], hold_back, step_tokens=1)
     received = []
     for number, item in enumerate(pieces(WORDS[:6]), start=1):
         received += gate.score([item])
         assert received == WORDS[: max(0, number - hold_back)]
-    assert received + gate.flush() == WORDS[:6]
+    assert received + gate.score([], final=True) == WORDS[:6]
 
 
 @pytest.mark.parametrize("hold_back", [0, 2])
 def test_a_flag_withholds_the_flagged_piece_and_everything_held(hold_back):
-    gate = OutputGate(KeywordOutputClassifier({"bomb": "weapons"}), [], hold_back)
+    gate = OutputGate(KeywordOutputClassifier({"bomb": "weapons"}), [], hold_back, step_tokens=1)
     received = run(gate, pieces(WORDS))
     assert received == WORDS[: 7 - hold_back]  # "bomb" is the 8th word
     assert gate.halt.verdict.category == "weapons" and gate.halt.tokens == 8
-    assert gate.flush() == [] and gate.score(pieces(["more"])) == []
+    assert gate.score([], final=True) == [] and gate.score(pieces(["more"])) == []
     assert gate.text(0).endswith("bomb ")
 
 
 @pytest.mark.parametrize("hold_back", [0, 2])
 def test_pieces_scored_together_are_released_and_halted_as_one_by_one(hold_back):
-    one_by_one = OutputGate(KeywordOutputClassifier({"bomb": "weapons"}), [], hold_back)
-    together = OutputGate(KeywordOutputClassifier({"bomb": "weapons"}), [], hold_back)
+    one_by_one = OutputGate(KeywordOutputClassifier({"bomb": "weapons"}), [], hold_back, step_tokens=1)
+    together = OutputGate(KeywordOutputClassifier({"bomb": "weapons"}), [], hold_back, step_tokens=1)
     assert together.score(pieces(WORDS)) == run(one_by_one, pieces(WORDS)) == WORDS[: 7 - hold_back]
     assert together.halt == one_by_one.halt and together.text(0) == one_by_one.text(0)
 
 
+def test_pieces_wait_unscored_and_unsent_until_a_steps_worth_of_tokens():
+    classifier = Recording({})
+    gate = OutputGate(classifier, [], hold_back=0, step_tokens=3)
+    assert gate.score(pieces(["one"])) == [] and gate.score(pieces(["two"])) == []
+    assert classifier.steps == []  # two tokens wait: no classifier step yet
+    assert gate.score(pieces(["three"])) == ["one", "two", "three"]
+    assert classifier.steps == [["one ", "two ", "three "]]  # one step for the three
+    assert gate.score([Piece("a", {0: "four five six seven "})]) == ["a"]  # one chunk, four tokens: a step
+    assert gate.score(pieces(["eight"])) == []
+    assert gate.score([], final=True) == ["eight"] and classifier.steps[-1] == ["eight "]
+
+
+def test_the_hold_back_counts_scored_tokens_across_steps():
+    gate = OutputGate(KeywordOutputClassifier({}), [], hold_back=2, step_tokens=3)
+    received = [gate.score(pieces([word])) for word in WORDS[:7]]
+    # Steps after the 3rd and 6th word; each releases what has two scored tokens after it.
+    assert received == [[], [], ["one"], [], [], ["two", "three", "four"], []]
+    assert gate.score([], final=True) == ["five", "six", "seven"]
+
+
+@pytest.mark.parametrize("hold_back", [0, 1, 3])
+@pytest.mark.parametrize("step", [1, 2, 3, 5, 8, 100])
+@pytest.mark.parametrize("seed", range(4))
+def test_in_steps_nothing_goes_out_unscored_and_the_same_pieces_go_out(hold_back, step, seed):
+    """Random chunking, with the flagged word at a random place or nowhere: every payload the client receives has
+    been scored, with `hold_back` scored tokens after it unless the answer had ended; the classifier steps read a
+    step's worth of tokens but at the end; in all, the pieces that go out are those of scoring one at a time."""
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(rng.randint(6, 30))]
+    if seed % 2:
+        words.insert(rng.randrange(len(words)), "bomb")
+    chunks, start = [], 0
+    while start < len(words):
+        size = rng.randint(1, 3)
+        chunks.append(Piece(start, {0: "".join(f"{word} " for word in words[start : start + size])}))
+        start += size
+    ends = {chunk.payload: chunk.payload + len(chunk.texts[0].split()) for chunk in chunks}  # words up to its end
+    classifier = Recording({"bomb": "weapons"})
+    gate = OutputGate(classifier, [], hold_back, step_tokens=step)
+    received = []
+    for chunk in chunks:
+        received += gate.score([chunk])
+        scored = len(classifier.scored.split())
+        assert all(ends[sent] <= scored for sent in received)  # every chunk sent has been scored ...
+        if received:
+            assert scored - ends[received[-1]] >= hold_back  # ... and hold_back scored tokens follow it
+    received += gate.score([], final=True)
+    sizes = [len("".join(texts).split()) for texts in classifier.steps]
+    assert all(size >= step for size in sizes[:-1])  # only the answer's end may be scored in a smaller step
+    reference = OutputGate(KeywordOutputClassifier({"bomb": "weapons"}), [], hold_back, step_tokens=1)
+    assert received == run(reference, chunks)
+    assert received == [c.payload for c in chunks][: len(received)]
+    if "bomb" in words:
+        flagged = next(c.payload for c in chunks if "bomb" in c.texts[0])
+        assert gate.halt is not None and flagged not in received
+    else:
+        assert received == [c.payload for c in chunks] and classifier.scored.split() == words
+
+
+def test_the_end_of_the_answer_is_scored_before_any_of_it_goes_out_and_a_flag_there_halts():
+    gate = OutputGate(KeywordOutputClassifier({"bomb": "weapons"}), [], hold_back=2, step_tokens=100)
+    assert [gate.score([item]) for item in pieces(WORDS)] == [[]] * len(WORDS)
+    assert gate.halt is None  # nothing scored yet
+    assert gate.score([], final=True) == WORDS[:5]  # as one by one: up to two tokens before the flag
+    assert gate.halt.verdict.category == "weapons" and gate.halt.tokens == 8
+
+
 def test_tokens_are_the_classifiers_not_the_chunks():
-    gate = OutputGate(KeywordOutputClassifier({}), [], hold_back=3)
+    gate = OutputGate(KeywordOutputClassifier({}), [], hold_back=3, step_tokens=1)
     assert gate.score([Piece("a", {0: "one two three four "})]) == []  # four tokens, but nothing after them yet
     assert gate.score([Piece("b", {0: "five six seven "})]) == ["a"]  # three tokens follow "a" now
 
 
-def test_pieces_without_text_do_not_wait_at_the_front():
-    gate = OutputGate(KeywordOutputClassifier({}), [], hold_back=5)
+@pytest.mark.parametrize("step", [1, 4])
+def test_pieces_without_text_do_not_wait_at_the_front_nor_pass_text_waiting(step):
+    gate = OutputGate(KeywordOutputClassifier({}), [], hold_back=5, step_tokens=step)
     assert gate.score([Piece("role"), Piece("word", {0: "hello "}), Piece("ping")]) == ["role"]
-    assert gate.flush() == ["word", "ping"]
+    assert gate.score([], final=True) == ["word", "ping"]
 
 
 class BreaksOnThirdPush:
@@ -81,12 +167,26 @@ class BreaksOnThirdPush:
         return stream
 
 
-def test_a_classifier_error_keeps_the_unscored_pieces_for_the_callers_policy():
-    gate = OutputGate(BreaksOnThirdPush(), [], hold_back=1)
-    received = run(gate, pieces(WORDS[:2])) + gate.score(pieces(WORDS[2:5]))  # the third piece's call fails
+@pytest.mark.parametrize("step", [1, 2])
+def test_a_classifier_error_keeps_the_unscored_pieces_for_the_callers_policy(step):
+    gate = OutputGate(BreaksOnThirdPush(), [], hold_back=1, step_tokens=step)
+    received = gate.score(pieces(WORDS[:2])) + gate.score(pieces(WORDS[2:5]))  # the third piece's step fails
     assert received == ["one"] and isinstance(gate.error, RuntimeError)
-    gate.unscreened()  # fail open: held and unscored pieces go out, in order, and later ones pass
-    assert received + gate.flush() + gate.score(pieces(["six"])) == [*WORDS[:5], "six"]
+    assert gate.score(pieces(["six"])) == [] and gate.score([], final=True) == []  # fail closed: nothing more
+    # Fail open: held and unscored pieces go out, in order, and later ones pass.
+    assert received + gate.unscreened() + gate.score(pieces(["seven"])) == [*WORDS[:5], "seven"]
+
+
+def test_a_classifier_error_while_counting_is_an_error_too():
+    class BreaksCounting(KeywordOutputClassifier):
+        def start(self, conversation):
+            stream = super().start(conversation)
+            stream.count = lambda text: 1 / 0
+            return stream
+
+    gate = OutputGate(BreaksCounting({}), [], hold_back=0, step_tokens=4)
+    assert gate.score(pieces(["one"])) == [] and isinstance(gate.error, ZeroDivisionError)
+    assert gate.unscreened() == ["one"]
 
 
 def test_events_survive_any_chunking_and_either_line_end():

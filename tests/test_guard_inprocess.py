@@ -4,6 +4,7 @@ mid-generation by the output gate, on a tiny model built in the test."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate, pairwise
 
 import pytest
 
@@ -23,10 +24,12 @@ PROMPTS = [
 
 @dataclass
 class CharacterStream(AnswerStream):
-    """Counts characters as tokens and flags once `limit` characters have been pushed; records every push."""
+    """Counts characters as tokens and flags once `limit` characters have been pushed; records every push, and how
+    many pieces each classifier step pushed."""
 
     limit: int
     pushes: list[str]
+    steps: list[int]
     chars: int = 0
 
     def push(self, text: str) -> Verdict:
@@ -34,6 +37,13 @@ class CharacterStream(AnswerStream):
         self.chars += len(text)
         flagged = self.chars >= self.limit
         return Verdict(score=0.9 if flagged else 0.1, flagged=flagged, category="length" if flagged else None)
+
+    def push_many(self, texts):
+        self.steps.append(len(texts))
+        return super().push_many(texts)
+
+    def count(self, text: str) -> int:
+        return len(text)
 
     @property
     def tokens(self) -> int:
@@ -48,7 +58,7 @@ class FlagsLongAnswers:
         self.streams: list[CharacterStream] = []
 
     def start(self, conversation):
-        self.streams.append(CharacterStream(self.limit, []))
+        self.streams.append(CharacterStream(self.limit, [], []))
         return self.streams[-1]
 
 
@@ -69,7 +79,8 @@ def test_unflagged_answers_equal_the_plain_model_and_every_token_is_scored(tiny,
     answers = guarded.answer(PROMPTS, GREEDY)
     assert [a.text for a in answers] == plain and all(a.blocked is None for a in answers)
     assert any(len(text) > 20 for text in plain)  # the tiny model does write something to score
-    # The pieces pushed add up to the whole answer: incremental decoding neither drops nor repeats text.
+    # The pieces pushed add up to the whole answer: incremental decoding neither drops nor repeats text, and the
+    # answer's end, shorter than a step, is scored too.
     assert sorted("".join(s.pushes).strip() for s in output.streams) == sorted(plain)
 
 
@@ -96,24 +107,27 @@ def released_before(pushes: list[str], hold_back: int) -> str:
     return "".join(p for i, p in enumerate(before) if sum(map(len, before[i + 1 :])) >= hold_back)
 
 
-@pytest.mark.parametrize("hold_back", [0, 6])
-def test_a_flagged_answer_stops_generating_and_keeps_only_what_was_released(tiny, plain, hold_back, monkeypatch):
+@pytest.mark.parametrize(("hold_back", "step"), [(0, 1), (6, 1), (6, 8)])
+def test_a_flagged_answer_stops_generating_and_keeps_only_what_was_released(tiny, plain, hold_back, step, monkeypatch):
     longest = max(range(len(PROMPTS)), key=lambda i: len(plain[i]))
     plain = plain[longest]
     assert len(plain) > 25
     steps = count_steps(monkeypatch)
     output = FlagsLongAnswers(limit=20)
-    guarded = GuardedModel(tiny, KeywordInputClassifier({}), output, hold_back_tokens=hold_back)
+    guarded = GuardedModel(tiny, KeywordInputClassifier({}), output, hold_back_tokens=hold_back, step_tokens=step)
     (answer,) = guarded.answer([PROMPTS[longest]], GREEDY)
     halted_steps = len(steps)
     GuardedModel(tiny, KeywordInputClassifier({}), FlagsLongAnswers(10**9)).answer([PROMPTS[longest]], GREEDY)
     assert halted_steps < len(steps) - halted_steps  # generation itself stopped early, not just the scoring
     (stream,) = output.streams
     assert answer.blocked == "output" and answer.verdict.category == "length"
-    assert stream.chars - len(stream.pushes[-1]) < 20 <= stream.chars  # nothing was pushed after the flag
-    assert answer.released == released_before(stream.pushes, hold_back).strip()
+    flagged = next(i for i in range(len(stream.pushes)) if len("".join(stream.pushes[: i + 1])) >= 20)
+    assert flagged >= len(stream.pushes) - stream.steps[-1]  # the flag came in the last step: none after it
+    ends = list(accumulate(stream.steps, initial=0))
+    assert all(len("".join(stream.pushes[start:end])) >= step for start, end in pairwise(ends))  # whole steps
+    assert answer.released == released_before(stream.pushes[: flagged + 1], hold_back).strip()
     assert plain.startswith(answer.released) and len(answer.released) < len(plain)
     if hold_back:
-        assert len("".join(stream.pushes[:-1])) - len(answer.released) >= hold_back
+        assert len("".join(stream.pushes[:flagged])) - len(answer.released) >= hold_back
     ending = "\n\nI can't help with that." if answer.released else "I can't help with that."
     assert answer.text == answer.released + ending

@@ -31,12 +31,15 @@ ANSWER = words("Paris is the capital of France and has been for centuries")
 # The flagged word comes after eleven words; ten more follow it, slowly enough that a guard that did not close the
 # upstream stream would let the upstream finish them.
 HARMFUL = words("Sure here is how step one mix the flour step two add anthrax")
+FLAGGED_AT_END = HARMFUL[: HARMFUL.index("anthrax ") + 1]
 HARMFUL += [f"tail{i} " for i in range(10)]
 INPUT_WORDS = {"nerve agent": "chemical"}
 OUTPUT_WORDS = {"anthrax": "biological"}
 SCRIPTS = {
     "benign": Script(words=ANSWER),
     "halts": Script(words=HARMFUL, delay=0.05),
+    "flagged-at-end": Script(words=FLAGGED_AT_END),
+    "dies-flagged": Script(words=FLAGGED_AT_END + ANSWER, fail="die", after=len(FLAGGED_AT_END)),
     "dies": Script(words=ANSWER, fail="die", after=4),
     "error-500": Script(words=ANSWER, fail="status", status=500),
     "error-429": Script(words=ANSWER, fail="status", status=429),
@@ -241,6 +244,9 @@ class Raising:
     def push_many(self, texts):
         raise RuntimeError("output model crashed")
 
+    def count(self, text):
+        return len(text.split())
+
     tokens = 0
 
 
@@ -255,10 +261,11 @@ def test_a_failing_input_classifier_fails_closed_unless_set_open(start_guard, tm
     assert [line["action"] for line in audit_lines(tmp_path)] == ["refused", "allowed"]
 
 
-def test_a_failing_output_classifier_ends_the_stream_unless_set_open(start_guard):
-    events = raw_stream(start_guard(output_classifier=Raising()), "benign")
+@pytest.mark.parametrize("step", [1, 16])  # it fails mid-stream, or at the end (the answer is 11 tokens)
+def test_a_failing_output_classifier_ends_the_stream_unless_set_open(start_guard, step):
+    events = raw_stream(start_guard(output_classifier=Raising(), step_tokens=step), "benign")
     assert streamed_text(events) == "" and events[-2]["error"]["code"] == "classifier_unavailable"
-    events = raw_stream(start_guard(output_classifier=Raising(), fail_open=True), "benign")
+    events = raw_stream(start_guard(output_classifier=Raising(), fail_open=True, step_tokens=step), "benign")
     assert streamed_text(events) == "".join(ANSWER) and events[-1] == "[DONE]"
 
 
@@ -401,7 +408,7 @@ class CountingOutput(KeywordOutputClassifier):
 
 def test_output_scoring_of_concurrent_streams_is_batched_one_job_at_a_time(start_guard):
     output = CountingOutput(OUTPUT_WORDS)
-    base = start_guard(output_classifier=output, hold_back_tokens=0)
+    base = start_guard(output_classifier=output, hold_back_tokens=0, step_tokens=1)
     texts = []
     threads = [
         threading.Thread(target=lambda: texts.append(streamed_text(raw_stream(base, "benign")))) for _ in range(6)
@@ -439,6 +446,58 @@ class SteppedOutput(KeywordOutputClassifier):
 
 def test_tokens_arriving_during_a_classifier_step_are_scored_together_in_the_next(start_guard):
     output = SteppedOutput(OUTPUT_WORDS)
-    base = start_guard(output_classifier=output, hold_back_tokens=0)
+    base = start_guard(output_classifier=output, hold_back_tokens=0, step_tokens=1)
     assert streamed_text(raw_stream(base, "benign")) == "".join(ANSWER)
     assert sum(output.steps) == len(ANSWER) and len(output.steps) <= len(ANSWER) / 3
+
+
+def test_a_streamed_answer_goes_out_only_as_it_is_scored_in_steps(start_guard):
+    """The client reads along a slow upstream: whenever text arrives, the classifier has already scored it and two
+    tokens more (until the end); the classifier read the answer in steps of at least four tokens but its end."""
+    output = SteppedOutput(OUTPUT_WORDS)
+    output.texts = []
+    steps = output.start
+    output.start = lambda conversation: _recording(steps(conversation), output.texts)
+    base = start_guard(output_classifier=output, hold_back_tokens=2, step_tokens=4)
+    body = {"model": "slow", "stream": True, "messages": USER}
+    received = ""
+    with httpx2.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=10) as response:
+        for line in response.iter_lines():
+            text = streamed_text([json.loads(line[6:])]) if line.startswith("data: {") else ""
+            if text:
+                received += text
+                scored = "".join(output.texts)
+                assert scored.startswith(received)
+                if scored != "".join(ANSWER):  # until the answer's end is scored, two tokens stay held
+                    assert len(scored[len(received) :].split()) >= 2
+    assert received == "".join(ANSWER)
+    assert all(size >= 4 for size in output.steps[:-1]) and sum(output.steps) == len(ANSWER)
+    assert len(output.steps) < len(ANSWER) / 2
+
+
+def _recording(stream, texts: list[str]):
+    push_many = stream.push_many
+    stream.push_many = lambda pieces: texts.extend(pieces) or push_many(pieces)
+    return stream
+
+
+def test_an_answer_flagged_in_its_last_unscored_tokens_is_halted_at_its_end(start_guard, tmp_path):
+    base = start_guard(hold_back_tokens=2, step_tokens=100)  # nothing is scored before the answer ends
+    events = raw_stream(base, "flagged-at-end")
+    released = "".join(FLAGGED_AT_END[:-3])  # as one by one: all but the two held back and the flagged word
+    assert streamed_text(events) == released + "\n\nI can't help with that."
+    assert events[-2]["choices"][0]["finish_reason"] == "content_filter" and events[-1] == "[DONE]"
+    answer = client(base).chat.completions.create(model="flagged-at-end", messages=USER)  # not streamed: likewise
+    assert answer.choices[0].finish_reason == "content_filter" and "anthrax" not in answer.choices[0].message.content
+    assert [line["stage"] for line in audit_lines(tmp_path)] == ["output", "output"]
+
+
+def test_an_upstream_breaking_off_after_flagged_text_is_halted_not_passed_on(start_guard):
+    base = start_guard(hold_back_tokens=0, step_tokens=100)
+    events = raw_stream(base, "dies-flagged")
+    released = "".join(FLAGGED_AT_END[:-1])  # all of it scored, the flagged word withheld
+    assert streamed_text(events) == released + "\n\nI can't help with that."
+    assert events[-2]["choices"][0]["finish_reason"] == "content_filter" and events[-1] == "[DONE]"
+    metrics = httpx2.get(f"{base}/metrics").text
+    assert 'cai_guard_upstream_errors_total{kind="broken_stream"} 1.0' in metrics
+    assert 'cai_guard_blocks_total{category="biological",stage="output"} 1.0' in metrics

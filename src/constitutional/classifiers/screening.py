@@ -40,6 +40,11 @@ class AnswerStream(Protocol):
         them in one step (a guard that fell behind its upstream catches up); by default, one push each."""
         return [(self.push(text), self.tokens) for text in texts]
 
+    def count(self, text: str) -> int:
+        """Tokens in `text`, in the classifier's tokenizer, without scoring it: the guard waits for a step's worth
+        of text before it pushes."""
+        ...
+
     @property
     def tokens(self) -> int:
         """Tokens of the answer scored so far, in the classifier's tokenizer."""

@@ -276,6 +276,10 @@ class AnswerScorer:
             results.append((Verdict(score=self.peak, flagged=self.peak > self.classifier.threshold), read))
         return results
 
+    def count(self, text: str) -> int:
+        """Tokens in `text` read alone (a word cut at its start may join the answer's last token once pushed)."""
+        return len(self.classifier.answer_tokens(text)[0])
+
     @property
     def tokens(self) -> int:
         return len(self.ids)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from constitutional.cli.common import console, friendly_errors
-from constitutional.guard.settings import API_KEY_ENV, GuardSettings
+from constitutional.guard.settings import API_KEY_ENV, DEFAULT_HOLD_BACK, DEFAULT_STEP_TOKENS, GuardSettings
 
 guard_app = typer.Typer(no_args_is_help=True, help="The guard: screen requests and halt answers in front of a model.")
 
@@ -27,7 +27,9 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     api_key: Annotated[str | None, typer.Option(envvar=API_KEY_ENV, help=_help("api_key"))] = None,
-    hold_back: Annotated[int, typer.Option(help=_help("hold_back_tokens"))] = 8,
+    hold_back: Annotated[int, typer.Option(help=_help("hold_back_tokens"))] = DEFAULT_HOLD_BACK,
+    step_tokens: Annotated[int, typer.Option(help=_help("step_tokens"))] = DEFAULT_STEP_TOKENS,
+    classifier_threads: Annotated[int, typer.Option(help=_help("classifier_threads"))] = 1,
     refusal_message: Annotated[str | None, typer.Option(help=_help("refusal_message"))] = None,
     connect_timeout: Annotated[float, typer.Option(help=_help("connect_timeout"))] = 5.0,
     read_timeout: Annotated[float, typer.Option(help=_help("read_timeout"))] = 60.0,
@@ -54,6 +56,8 @@ def serve(
         "upstream": upstream,
         "api_key": api_key,
         "hold_back_tokens": hold_back,
+        "step_tokens": step_tokens,
+        "classifier_threads": classifier_threads,
         "connect_timeout": connect_timeout,
         "read_timeout": read_timeout,
         "max_request_bytes": max_request_bytes,
@@ -82,6 +86,9 @@ def serve(
             field="--classifiers",
             hint="update the package to a version with the classifier stage",
         ) from None
+    import torch
+
+    torch.set_num_threads(settings.classifier_threads)  # before loading: the classifier threads inherit it
     input_classifier, output_classifier = load_classifiers(classifiers)
     app = create_app(settings, input_classifier, output_classifier)
     where = f"http://{host}:{port}/v1"

@@ -2,7 +2,8 @@
 serving 100 streams while a forward pass runs.
 
 Each classifier has one thread, and one call in flight at a time: a classifier need not be thread-safe (a forward
-hook on a shared module is not), and one forward pass already spreads over the cores through torch's own threads.
+hook on a shared module is not), and a forward pass runs on torch's own threads (`cai guard serve` sets how many:
+`classifier_threads`).
 What arrives meanwhile waits and goes in the next call, so under load the calls grow instead of queueing: requests
 arriving while an input batch is scored form the next batch, and the output pieces of all streams that arrived
 while one output job ran are scored in the next job. When the guard is idle nothing waits for a batch to fill."""
@@ -36,13 +37,16 @@ class _Job:
 
     gate: OutputGate
     pieces: Sequence[Piece]
+    final: bool
     future: asyncio.Future
     released: list = field(default_factory=list)
 
 
 def _score_all(jobs: list[_Job]) -> None:
     for job in jobs:
-        job.released = job.gate.score(job.pieces)  # a classifier error stays in the gate, for that stream alone
+        job.released = job.gate.score(
+            job.pieces, job.final
+        )  # a classifier error stays in the gate, for that stream alone
 
 
 @dataclass
@@ -120,19 +124,20 @@ class Classifiers:
             start = end
 
     def gate(self, conversation: Sequence[Message]) -> OutputGate:
-        return OutputGate(self.output, conversation, self.settings.hold_back_tokens)
+        return OutputGate(self.output, conversation, self.settings.hold_back_tokens, self.settings.step_tokens)
 
-    async def score(self, gate: OutputGate, pieces: Sequence[Piece[Payload]]) -> list[Payload]:
-        """Score pieces in the output classifier's thread; the payloads safe to send now. A classifier error is
-        left in `gate.error` (and counted) for the caller's fail-open or fail-closed policy.
+    async def score(self, gate: OutputGate, pieces: Sequence[Piece[Payload]], final: bool = False) -> list[Payload]:
+        """`gate.score(pieces, final)` in the output classifier's thread when it may call the classifier; the
+        payloads safe to send now. A classifier error is left in `gate.error` (and counted) for the caller's
+        fail-open or fail-closed policy.
 
         Pieces asked for in one turn of the event loop go to the thread as one job (waking a thread per token and
         stream would cost more than a keyword classifier's whole push).
         """
-        if gate.classifier is None or not any(text for piece in pieces for text in piece.texts.values()):
-            return gate.score(pieces)  # nothing to score: no thread hop
+        if not gate.needs_classifier(pieces, final):
+            return gate.score(pieces, final)  # nothing to score: no thread hop
         loop = asyncio.get_running_loop()
-        job = _Job(gate, pieces, loop.create_future())
+        job = _Job(gate, pieces, final, loop.create_future())
         if not self._pending and not self._output_busy:
             loop.call_soon(self._dispatch, loop)
         self._pending.append(job)

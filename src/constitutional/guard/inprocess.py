@@ -1,6 +1,7 @@
 """The guard around our own transformers generation, without a server: prompts are screened before generating,
-and each answer goes through the same output gate as a streamed one, token by token, stopping its row of the batch
-when flagged (through the backend's `watch` hook). Used by the evaluation and the demo; a LanguageModel itself."""
+and each answer goes through the same output gate as a streamed one, fed token by token and scored in steps,
+stopping its row of the batch when flagged (through the backend's `watch` hook). Used by the evaluation and the
+demo; a LanguageModel itself."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from transformers import PreTrainedTokenizerBase, StoppingCriteria
 
 from constitutional.classifiers.screening import InputClassifier, OutputClassifier, Verdict
 from constitutional.guard.gate import OutputGate, Piece, refusal_after
-from constitutional.guard.settings import DEFAULT_REFUSAL
+from constitutional.guard.settings import DEFAULT_HOLD_BACK, DEFAULT_REFUSAL, DEFAULT_STEP_TOKENS
 from constitutional.models.base import Message, Prompt, SamplingParams, cut_at_stop
 from constitutional.models.hf import TransformersModel
 
@@ -36,12 +37,13 @@ class GuardedModel:
         model: TransformersModel,
         input_classifier: InputClassifier,
         output_classifier: OutputClassifier,
-        hold_back_tokens: int = 8,
+        hold_back_tokens: int = DEFAULT_HOLD_BACK,
         refusal_message: str = DEFAULT_REFUSAL,
+        step_tokens: int = DEFAULT_STEP_TOKENS,
     ):
         self.model = model
         self.input, self.output = input_classifier, output_classifier
-        self.hold_back, self.refusal = hold_back_tokens, refusal_message
+        self.hold_back, self.refusal, self.step_tokens = hold_back_tokens, refusal_message, step_tokens
         self.name = f"{model.name}+guard"
 
     @property
@@ -73,7 +75,7 @@ class GuardedModel:
         ]
         if not allowed:
             return answers
-        gates = [OutputGate(self.output, conversations[i], self.hold_back) for i in allowed]
+        gates = [OutputGate(self.output, conversations[i], self.hold_back, self.step_tokens) for i in allowed]
         watch = Watch(self.model.tokenizer, gates)
         texts = self.model.generate([prompts[i] for i in allowed], params, watch=watch)
         watch.finish()
@@ -127,16 +129,19 @@ class Watch:
         return gate.halt is not None or gate.error is not None
 
     def finish(self) -> None:
-        """Score what each answer's last tokens add even if they end mid-character: the user gets them too."""
+        """Score the end of each answer: what waits for a step, and what the last tokens add even if they end
+        mid-character (the user gets them too)."""
         for gate, row in zip(self.gates, self.rows, strict=True):
             if gate.halt is None and gate.error is None and row.answer is not None:
-                self._score(gate, row, self._new_text(row, row.answer[row.prefix :].tolist(), final=True))
+                self._score(gate, row, self._new_text(row, row.answer[row.prefix :].tolist(), final=True), final=True)
 
-    def _score(self, gate: OutputGate[int], row: _Row, piece: str) -> None:
+    def _score(self, gate: OutputGate[int], row: _Row, piece: str, final: bool = False) -> None:
+        pieces = []
         if piece:
             row.text += piece
-            released = gate.score([Piece(len(row.text), {0: piece})])
-            row.released = max([row.released, *released])
+            pieces.append(Piece(len(row.text), {0: piece}))
+        if pieces or final:
+            row.released = max([row.released, *gate.score(pieces, final)])
 
     def _new_text(self, row: _Row, ids: list[int], final: bool = False) -> str:
         """The text the tokens after `row.read` add, decoding from `row.prefix` on (`ids` starts there) so a token

@@ -65,7 +65,7 @@ async def _screen_answer(guard: Guard, exchange: wire.Exchange, raw: bytes) -> R
         failure = UpstreamFailure(502, "bad_answer", "the upstream model server's answer is not OpenAI JSON")
         return guard.failed(exchange.endpoint, failure, headers)
     gate = guard.classifiers.gate(exchange.conversations[0])
-    await guard.classifiers.score(gate, [Piece(None, texts)])
+    await guard.classifiers.score(gate, [Piece(None, texts)], final=True)
     if gate.error is not None:
         refusal = guard.classifier_failed(exchange, ClassifierError("output", gate.error))
         if refusal is not None:

@@ -12,6 +12,8 @@ UPSTREAM_KEY_ENV = "CAI_GUARD_UPSTREAM_API_KEY"
 # The proxy's own key may come from the environment too (or `--api-key`), like vLLM's VLLM_API_KEY.
 API_KEY_ENV = "CAI_GUARD_API_KEY"
 DEFAULT_REFUSAL = "I can't help with that."
+DEFAULT_HOLD_BACK = 8
+DEFAULT_STEP_TOKENS = 16
 
 
 class GuardSettings(BaseModel):
@@ -30,11 +32,27 @@ class GuardSettings(BaseModel):
         default=None, description=f"Key clients must send (Authorization: Bearer); none: open (${API_KEY_ENV})."
     )
     hold_back_tokens: int = Field(
-        default=8,
+        default=DEFAULT_HOLD_BACK,
         ge=0,
         description="Tokens (in the output classifier's tokenizer) scored but not yet sent, so a flag can still "
         "withhold them; 0 sends each piece as soon as it is scored. Adds this many tokens to the first token's "
         "latency.",
+    )
+    step_tokens: int = Field(
+        default=DEFAULT_STEP_TOKENS,
+        ge=1,
+        description="Tokens of answer text (in the output classifier's tokenizer) collected, unsent, before one "
+        "classifier step scores them together; the answer's end is scored whatever its length. A trained "
+        "classifier's step is a forward pass that costs about as much for 16 tokens as for 1, so this divides its "
+        "cost per token. The first token waits for hold-back + 1 tokens rounded up to whole steps, plus one step: "
+        "16 with the default hold-back of 8, as with a step of 8, at half the steps. 1: every piece scored at once.",
+    )
+    classifier_threads: int = Field(
+        default=1,
+        ge=1,
+        description="Torch threads per classifier forward pass. One: the guard usually shares its cores with the "
+        "model server, whose decoding the spinning of more threads would slow; more when the guard has cores of "
+        "its own.",
     )
     refusal_message: str = Field(
         default=DEFAULT_REFUSAL,

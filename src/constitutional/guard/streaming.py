@@ -79,47 +79,42 @@ async def read_ahead(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 async def relay(
     guard: Guard, exchange: wire.Exchange, response: httpx2.Response, gate: OutputGate[bytes]
 ) -> AsyncIterator[bytes]:
-    """The client's stream: released upstream events, then [DONE], a content_filter chunk, or an error event."""
+    """The client's stream: released upstream events, then [DONE], a content_filter chunk, or an error event.
+
+    The answer ends at [DONE], at the end of the upstream's body, or where the upstream broke off: what waits
+    unscored is scored then, like any other step, before any of it goes out (a flag there halts the answer)."""
     splitter = wire.EventSplitter()
     head: dict[str, Any] = {}  # the completion's id, model, created: the guard's own last chunk repeats them
+    failure: UpstreamFailure | None = None
     outcome = "disconnected"  # unless the stream reaches one of its ends
     try:
         async with aclosing(read_ahead(response.aiter_bytes())) as chunks:
-            async for data in chunks:
+            done = False
+            while not done:
+                try:
+                    data = await anext(chunks, b"")  # read_ahead yields no empty bytes: b"" is the body's end
+                except httpx2.TransportError as err:
+                    data, failure = b"", _upstream_failure(guard, err)
                 pieces, done = _pieces(exchange.endpoint, splitter.feed(data), head)
-                released = await guard.classifiers.score(gate, pieces) if pieces else []
+                done = done or not data
+                released = await guard.classifiers.score(gate, pieces, final=done)
                 if gate.error is not None:
-                    if not guard.settings.fail_open:
-                        guard.classifier_failed(exchange, ClassifierError("output", gate.error))
-                        outcome = "error"
-                        yield b"".join(released) + _error_event(
-                            f"the output classifier failed; the guard fails closed and ended the answer "
-                            f"(request {exchange.request_id})",
-                            "guard_error",
-                            "classifier_unavailable",
-                        )
-                        return
                     guard.classifier_failed(exchange, ClassifierError("output", gate.error))
-                    gate.unscreened()
-                    released += gate.flush()
+                    if not guard.settings.fail_open:
+                        outcome = "error"
+                        yield b"".join(released) + _classifier_unavailable(exchange)
+                        return
+                    released += gate.unscreened()
                 if gate.halt is not None:
                     outcome = "blocked_output"
                     await chunks.aclose()  # first of all: stop reading, and the upstream stops generating
                     await response.aclose()
                     yield b"".join(released) + _halted(guard, exchange, gate, head)
                     return
-                if released:
+                if released and not done:
                     yield b"".join(released)
-                if done:
-                    break
-        outcome = "answered"
-        yield b"".join(gate.flush()) + wire.DONE
-    except httpx2.TimeoutException as err:
-        outcome = "error"
-        yield _broken(guard, exchange, gate, guard.upstream.timed_out(err))
-    except httpx2.TransportError as err:
-        outcome = "error"
-        yield _broken(guard, exchange, gate, guard.upstream.broken(err))
+        outcome = "answered" if failure is None else "error"
+        yield b"".join(released) + (wire.DONE if failure is None else _broken(guard, exchange, failure))
     finally:
         await response.aclose()
         if outcome not in ("blocked_output", "error"):  # those are counted where they happen
@@ -157,11 +152,25 @@ def _halted(guard: Guard, exchange: wire.Exchange, gate: OutputGate[bytes], head
     return wire.final_chunk(exchange.endpoint, head, choices, message, reason) + wire.DONE
 
 
-def _broken(guard: Guard, exchange: wire.Exchange, gate: OutputGate[bytes], failure: UpstreamFailure) -> bytes:
-    """What was scored goes out (nothing follows it that could flag it), then the error; the openai client raises."""
+def _upstream_failure(guard: Guard, err: httpx2.TransportError) -> UpstreamFailure:
+    """What broke the upstream's stream, counted whether the answer then ends in an error or a halt."""
+    failure = guard.upstream.timed_out(err) if isinstance(err, httpx2.TimeoutException) else guard.upstream.broken(err)
     guard.metrics.upstream_errors.labels(failure.kind).inc()
+    return failure
+
+
+def _broken(guard: Guard, exchange: wire.Exchange, failure: UpstreamFailure) -> bytes:
+    """The upstream broke off after what was released (all of it scored): an error event, which the openai client
+    raises."""
     guard.metrics.requests.labels(exchange.endpoint, "error").inc()
-    return b"".join(gate.flush()) + _error_event(failure.message, "upstream_error", failure.kind)
+    return _error_event(failure.message, "upstream_error", failure.kind)
+
+
+def _classifier_unavailable(exchange: wire.Exchange) -> bytes:
+    message = (
+        f"the output classifier failed; the guard fails closed and ended the answer (request {exchange.request_id})"
+    )
+    return _error_event(message, "guard_error", "classifier_unavailable")
 
 
 def _error_event(message: str, kind: str, code: str) -> bytes:

@@ -73,6 +73,9 @@ class KeywordAnswerStream(AnswerStream):
         self.tail = (self.tail + text)[-64:]
         return self.verdict
 
+    def count(self, text: str) -> int:
+        return len(text.split())
+
     @property
     def tokens(self) -> int:
         return self.words
