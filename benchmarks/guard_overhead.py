@@ -34,7 +34,7 @@ from guard_processes import guard_server, llama_server
 from rich.console import Console
 from rich.table import Table
 
-from constitutional.guard.testing import free_port, server_process
+from constitutional.models.local_server import free_port, server_process
 from constitutional.sources import load_prompts
 
 

@@ -12,13 +12,8 @@ import pytest
 
 from constitutional.guard.server import create_app
 from constitutional.guard.settings import GuardSettings
-from constitutional.guard.testing import (
-    KeywordInputClassifier,
-    KeywordOutputClassifier,
-    free_port,
-    server_process,
-    serving,
-)
+from constitutional.guard.testing import KeywordInputClassifier, KeywordOutputClassifier, serving
+from constitutional.models.local_server import free_port, server_process
 
 STARTUP_TIMEOUT = 120.0
 GREEDY = {"temperature": 0, "max_tokens": 80}

@@ -14,8 +14,8 @@ from typing import ClassVar
 import pytest
 
 from constitutional.errors import InputError
-from constitutional.guard.testing import free_port, server_process
 from constitutional.models.base import SamplingParams
+from constitutional.models.local_server import free_port, server_process
 from constitutional.models.openai_api import ModelUnavailableError, OpenAIModel, choice_logprob, plain_text
 from constitutional.models.spec import ModelSpec
 

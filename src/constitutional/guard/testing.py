@@ -1,6 +1,6 @@
 """Stand-ins for exercising the guard without trained classifiers or a model: keyword classifiers that implement the
-screening protocols, a scripted OpenAI-compatible upstream, a uvicorn server on loopback in a thread, and a server
-process (llama-cpp-python's, the guard's own) started and stopped around a block.
+screening protocols, a scripted OpenAI-compatible upstream, and a uvicorn server on loopback in a thread (a server
+in a process of its own: `constitutional.models.local_server`).
 
 Used by the guard's tests and benchmarks; the keyword classifiers are no safeguard (a synonym walks past them).
 """
@@ -11,14 +11,11 @@ import asyncio
 import contextlib
 import json
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import httpx2
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -215,43 +212,3 @@ def serving(app, log_level: str = "critical") -> Iterator[str]:
         server.should_exit = True
         thread.join(10)
         sock.close()
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on now (and, just released, nothing will for a while)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def server_process(
-    command: list[str], ready_url: str, log_path: Path, timeout: float = 120.0
-) -> Iterator[subprocess.Popen]:
-    """Start a server process logging to `log_path`, wait until `ready_url` answers 200, stop it at the end.
-    A process that exits or is not ready in time raises with the end of its log, which says why."""
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + timeout
-        while not _answers(ready_url):
-            if process.poll() is not None:
-                raise RuntimeError(f"{command[:4]} exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{command[:4]} not ready after {timeout} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx2.get(url, timeout=2).status_code == 200
-    except httpx2.TransportError:
-        return False

