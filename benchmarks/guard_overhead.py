@@ -1,7 +1,8 @@
 """Tokens/s and time to first token of one model server, called directly and through the guard.
 
 The upstream is llama-cpp-python's OpenAI-compatible server with the embedded SmolLM2 (or `--upstream URL`); the
-guard runs in its own process in front of it with its default settings (hold-back 8 tokens), with trained
+guard runs in its own process in front of it with its default settings (hold-back 8 tokens; the output classifier's
+steps and torch threads as `--step-tokens` and `--classifier-threads` say, by default the guard's), with trained
 classifiers (`--classifiers DIR`, through `cai guard serve`) or keyword classifiers. Both arms send the same
 prompts (the first built-in helpful prompts) with the same settings (greedy, `--max-tokens`) as streamed chat
 requests, at concurrency 1 and 8. One run sends every prompt twice per arm, in the order direct, guard, guard,
@@ -14,6 +15,7 @@ the guard's tokens/s overhead at concurrency 8.
 
     .venv/bin/python benchmarks/guard_overhead.py                     # 16 prompts, 64 tokens each
     .venv/bin/python benchmarks/guard_overhead.py --classifiers runs/classifiers/model
+    .venv/bin/python benchmarks/guard_overhead.py --classifiers runs/classifiers/model --step-tokens 1  # as before
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from guard_processes import guard_server, llama_server
 from rich.console import Console
 from rich.table import Table
 
+from constitutional.guard.settings import GuardSettings
 from constitutional.models.local_server import free_port, server_process
 from constitutional.sources import load_prompts
 
@@ -96,6 +99,14 @@ def main() -> None:
         "--classifiers", type=Path, help="trained classifiers for `cai guard serve` (default: keywords)"
     )
     parser.add_argument("--hold-back", type=int, default=8)
+    defaults = GuardSettings.model_fields
+    parser.add_argument("--step-tokens", type=int, default=defaults["step_tokens"].default)
+    parser.add_argument(
+        "--classifier-threads",
+        type=int,
+        default=defaults["classifier_threads"].default,
+        help="torch threads of trained classifiers",
+    )
     args = parser.parse_args()
     prompts = [record.messages[-1]["content"] for record in load_prompts("builtin:helpful")[0][: args.prompts]]
     scratch = Path(tempfile.mkdtemp(prefix="guard-overhead-"))
@@ -110,7 +121,15 @@ def main() -> None:
             )
             processes["model server"] = psutil.Process(server.pid)
         guard_port = free_port()
-        command = guard_server(guard_port, upstream, args.classifiers, scratch / "audit.jsonl", args.hold_back)
+        command = guard_server(
+            guard_port,
+            upstream,
+            args.classifiers,
+            scratch / "audit.jsonl",
+            args.hold_back,
+            args.step_tokens,
+            args.classifier_threads,
+        )
         guarded = f"http://127.0.0.1:{guard_port}/v1"
         guard = stack.enter_context(
             server_process(command, f"http://127.0.0.1:{guard_port}/health", scratch / "guard.log")
@@ -148,11 +167,13 @@ def merged(parts: list[Arm]) -> Arm:
 
 def show(arms: list[Arm], args) -> None:
     classifiers = f"classifiers {args.classifiers}" if args.classifiers else "keyword classifiers"
+    if args.classifiers:
+        classifiers += f" on {args.classifier_threads} torch thread(s)"
     processes = list(arms[0].cpu)
     table = Table("arm", "concurrency", "tokens", "seconds", "tokens/s", "TTFT median (ms)", "TTFT p90 (ms)",
                   *(f"{key} CPU s" for key in processes),
                   title=f"{len(arms[0].first_token)} requests x {args.max_tokens} tokens, hold-back {args.hold_back}, "
-                  f"{classifiers}")  # fmt: skip
+                  f"classifier steps of {args.step_tokens} tokens, {classifiers}")  # fmt: skip
     for arm in arms:
         ttft = sorted(arm.first_token)
         table.add_row(arm.name, str(arm.concurrency), str(arm.tokens), f"{arm.seconds:.2f}",

@@ -34,7 +34,17 @@ def llama_server(port: int) -> list[str]:
             "--n_ctx", "2048", "--verbose", "false", "--interrupt_requests", "false"]  # fmt: skip
 
 
-def guard_server(port: int, upstream: str, classifiers: Path | None, audit_log: Path, hold_back: int) -> list[str]:
+def guard_server(
+    port: int,
+    upstream: str,
+    classifiers: Path | None,
+    audit_log: Path,
+    hold_back: int,
+    step_tokens: int | None = None,
+    classifier_threads: int | None = None,
+) -> list[str]:
+    """The guard's command line; `step_tokens` and `classifier_threads` left out (None) take the guard's defaults,
+    and threads apply to trained classifiers only (keywords run no torch)."""
     options = [
         "--port",
         str(port),
@@ -45,18 +55,13 @@ def guard_server(port: int, upstream: str, classifiers: Path | None, audit_log: 
         "--hold-back",
         str(hold_back),
     ]
-    if classifiers is not None:
-        return [
-            sys.executable,
-            "-m",
-            "constitutional.cli",
-            "guard",
-            "serve",
-            "--classifiers",
-            str(classifiers),
-            *options,
-        ]
-    return [sys.executable, __file__, "guard", *options]
+    if step_tokens is not None:
+        options += ["--step-tokens", str(step_tokens)]
+    if classifiers is None:
+        return [sys.executable, __file__, "guard", *options]
+    if classifier_threads is not None:
+        options += ["--classifier-threads", str(classifier_threads)]
+    return [sys.executable, "-m", "constitutional.cli", "guard", "serve", "--classifiers", str(classifiers), *options]
 
 
 def scripted_server(port: int, words: int, token_delay: float) -> list[str]:
@@ -83,7 +88,8 @@ def _serve_keyword_guard(args) -> None:
     from constitutional.guard.settings import GuardSettings
     from constitutional.guard.testing import KeywordInputClassifier, KeywordOutputClassifier
 
-    settings = GuardSettings(upstream=args.upstream, audit_log=args.audit_log, hold_back_tokens=args.hold_back)
+    step = {} if args.step_tokens is None else {"step_tokens": args.step_tokens}
+    settings = GuardSettings(upstream=args.upstream, audit_log=args.audit_log, hold_back_tokens=args.hold_back, **step)
     app = create_app(settings, KeywordInputClassifier(INPUT_KEYWORDS), KeywordOutputClassifier(OUTPUT_KEYWORDS))
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", backlog=4096)
 
@@ -100,6 +106,7 @@ def main() -> None:
     guard.add_argument("--upstream", required=True)
     guard.add_argument("--audit-log", type=Path, required=True)
     guard.add_argument("--hold-back", type=int, default=8)
+    guard.add_argument("--step-tokens", type=int, help="tokens per output-classifier step (default: the guard's)")
     args = parser.parse_args()
     (_serve_upstream if args.server == "upstream" else _serve_keyword_guard)(args)
 
