@@ -53,7 +53,7 @@ class OutputGate(Generic[Payload]):
     then, scored, until `hold_back` scored tokens follow them."""
 
     def __init__(
-        self, classifier: OutputClassifier, conversation: Sequence[Message], hold_back: int, step_tokens: int = 1
+        self, classifier: OutputClassifier, conversation: Sequence[Message], hold_back: int, step_tokens: int
     ):
         self.classifier = classifier
         self.conversation = list(conversation)
