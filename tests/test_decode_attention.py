@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from constitutional.models import ModelSpec, load_model
-from constitutional.models.attention import NAME, decode_attention
+from constitutional.models.attention import NAME, decode_attention, whole_buffers
 
 BATCH, HEADS, KV_HEADS, LENGTH, DIM = 3, 6, 2, 11, 8
 
@@ -75,3 +75,25 @@ def test_prompts_and_special_attention_go_to_sdpa(monkeypatch):
 def test_cpu_models_decode_with_it(tiny_model_path):
     model = load_model(ModelSpec(name=str(tiny_model_path), dtype="float32", device="cpu"))
     assert model.model.config._attn_implementation == NAME
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "additive", "none"])
+def test_keys_cut_from_a_larger_buffer_are_read_whole_with_the_rest_hidden(mask_kind):
+    query, key, value, keep = inputs(torch.float32)
+    mask = {"bool": keep, "additive": torch.zeros(keep.shape).masked_fill(~keep, float("-inf")), "none": None}
+    buffers = [torch.zeros(BATCH, KV_HEADS, LENGTH + 5, DIM) for _ in range(2)]
+    buffers[0][:, :, :LENGTH], buffers[1][:, :, :LENGTH] = key, value
+    key_view, value_view = (buffer[:, :, :LENGTH] for buffer in buffers)
+    whole_key, whole_value, whole_mask = whole_buffers(key_view, value_view, mask[mask_kind])
+    assert whole_key.shape[2] == whole_value.shape[2] == whole_mask.shape[-1] == LENGTH + 5
+    assert whole_key.is_contiguous() and whole_key.data_ptr() == buffers[0].data_ptr()  # read in place, no copy
+    out, _ = decode_attention(MODULE, query, key_view, value_view, mask[mask_kind], scaling=0.3)
+    torch.testing.assert_close(out, decode_attention(MODULE, query, key, value, mask[mask_kind], scaling=0.3)[0])
+
+
+def test_only_views_of_the_beginning_of_a_buffer_are_widened():
+    _, key, value, keep = inputs(torch.float32)
+    buffer = torch.zeros(BATCH, KV_HEADS, LENGTH + 5, DIM)
+    window = buffer[:, :, 5:]  # a sliding window's last positions: the memory after it is not its own
+    assert whole_buffers(window, window, keep)[0] is window
+    assert whole_buffers(key, value, keep)[0] is key  # already the whole buffer

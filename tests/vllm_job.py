@@ -31,6 +31,7 @@ def main() -> None:
         "prompt_tokens": model.prompt_tokens(job["prompts"]),
         "context_window": model.context_window,
     }
+    model.close()
     with open(sys.argv[1], "w") as out:
         json.dump(result, out)
 

@@ -88,8 +88,9 @@ class FilledInPlace(DynamicLayer):
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         super().lazy_initialization(key_states, value_states)
-        self._key_buffer = key_states.new_empty((*key_states.shape[:2], self.capacity, key_states.shape[-1]))
-        self._value_buffer = value_states.new_empty((*value_states.shape[:2], self.capacity, value_states.shape[-1]))
+        # Zeros, not empty: decode attention reads the positions not written yet too, with a weight of 0.
+        self._key_buffer = key_states.new_zeros((*key_states.shape[:2], self.capacity, key_states.shape[-1]))
+        self._value_buffer = value_states.new_zeros((*value_states.shape[:2], self.capacity, value_states.shape[-1]))
         self._written = 0
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):

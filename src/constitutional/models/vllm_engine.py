@@ -54,6 +54,11 @@ class VLLMModel:
         )
         return cls(spec.name, llm)
 
+    def close(self) -> None:
+        """Stop the engine's processes now. Left to the interpreter's exit, their teardown sometimes aborted the
+        process after its work was done ("terminate called without an active exception", exit -6)."""
+        self.llm.llm_engine.engine_core.shutdown()
+
     @property
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
