@@ -9,9 +9,11 @@ requests, at concurrency 1 and 8. One run sends every prompt twice per arm, in t
 direct, so that a machine slowing down or speeding up during the run weighs on both arms alike. Tokens are the
 content chunks received (llama.cpp sends one token per chunk; greedy decoding makes both arms' answers the same);
 tokens/s is all tokens an arm received over the wall time of its requests; time to first token is from sending a
-request to its first content chunk. The CPU seconds each server process used during each arm show where the time
-went, and the guard's CPU per relayed token is its own cost, whatever else the machine is running. The last line is
-the guard's tokens/s overhead at concurrency 8.
+request to its first content chunk. An answer the guard halts (`halted`: on these benign prompts, a false positive)
+brings fewer tokens, which counts against the guard's tokens/s; the wall time beside it shows what the guard's
+scoring itself cost. The CPU seconds each server process used during each arm show where the time went, and the
+guard's CPU per relayed token is its own cost, whatever else the machine is running. The last line is the guard's
+tokens/s overhead at concurrency 8.
 
     .venv/bin/python benchmarks/guard_overhead.py                     # 16 prompts, 64 tokens each
     .venv/bin/python benchmarks/guard_overhead.py --classifiers runs/classifiers/model
@@ -48,6 +50,7 @@ class Arm:
     tokens: int
     seconds: float
     first_token: list[float]
+    halted: int  # answers the guard ended with content_filter: on these benign prompts, false positives
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds each server process used during the arm
 
     @property
@@ -55,12 +58,13 @@ class Arm:
         return self.tokens / self.seconds
 
 
-async def one_request(client: httpx2.AsyncClient, base: str, prompt: str, max_tokens: int) -> tuple[int, float]:
-    """Tokens received and the time to the first one, for one streamed chat request."""
+async def one_request(client: httpx2.AsyncClient, base: str, prompt: str, max_tokens: int) -> tuple[int, float, bool]:
+    """Tokens received, the time to the first one, and whether the answer was halted, for one streamed chat
+    request."""
     body = {"model": "smollm2", "messages": [{"role": "user", "content": prompt}], "stream": True,
             "temperature": 0, "max_tokens": max_tokens}  # fmt: skip
     started = time.perf_counter()
-    first, tokens = None, 0
+    first, tokens, halted = None, 0, False
     async with client.stream("POST", f"{base}/chat/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -69,10 +73,11 @@ async def one_request(client: httpx2.AsyncClient, base: str, prompt: str, max_to
             event = json.loads(line[6:])
             if "error" in event:
                 raise RuntimeError(event["error"]["message"])
+            halted = halted or any(choice.get("finish_reason") == "content_filter" for choice in event["choices"])
             if any((choice.get("delta") or {}).get("content") for choice in event["choices"]):
                 tokens += 1
                 first = first if first is not None else time.perf_counter() - started
-    return tokens, first or 0.0
+    return tokens, first or 0.0, halted
 
 
 async def run_arm(name: str, base: str, prompts: list[str], concurrency: int, max_tokens: int) -> Arm:
@@ -87,7 +92,8 @@ async def run_arm(name: str, base: str, prompts: list[str], concurrency: int, ma
         started = time.perf_counter()
         results = await asyncio.gather(*(limited(client, prompt) for prompt in prompts))
         seconds = time.perf_counter() - started
-    return Arm(name, concurrency, sum(t for t, _ in results), seconds, [f for _, f in results])
+    tokens = sum(t for t, _, _ in results)
+    return Arm(name, concurrency, tokens, seconds, [f for _, f, _ in results], sum(h for _, _, h in results))
 
 
 def main() -> None:
@@ -161,6 +167,7 @@ def merged(parts: list[Arm]) -> Arm:
         sum(p.tokens for p in parts),
         sum(p.seconds for p in parts),
         [t for p in parts for t in p.first_token],
+        sum(p.halted for p in parts),
         {key: sum(p.cpu[key] for p in parts) for key in first.cpu},
     )
 
@@ -170,13 +177,13 @@ def show(arms: list[Arm], args) -> None:
     if args.classifiers:
         classifiers += f" on {args.classifier_threads} torch thread(s)"
     processes = list(arms[0].cpu)
-    table = Table("arm", "concurrency", "tokens", "seconds", "tokens/s", "TTFT median (ms)", "TTFT p90 (ms)",
+    table = Table("arm", "concurrency", "halted", "tokens", "seconds", "tokens/s", "TTFT median (ms)", "TTFT p90 (ms)",
                   *(f"{key} CPU s" for key in processes),
                   title=f"{len(arms[0].first_token)} requests x {args.max_tokens} tokens, hold-back {args.hold_back}, "
                   f"classifier steps of {args.step_tokens} tokens, {classifiers}")  # fmt: skip
     for arm in arms:
         ttft = sorted(arm.first_token)
-        table.add_row(arm.name, str(arm.concurrency), str(arm.tokens), f"{arm.seconds:.2f}",
+        table.add_row(arm.name, str(arm.concurrency), str(arm.halted), str(arm.tokens), f"{arm.seconds:.2f}",
                       f"{arm.tokens_per_second:.1f}", f"{statistics.median(ttft) * 1000:.0f}",
                       f"{ttft[int(0.9 * (len(ttft) - 1))] * 1000:.0f}",
                       *(f"{arm.cpu[key]:.2f}" for key in processes))  # fmt: skip
@@ -186,6 +193,10 @@ def show(arms: list[Arm], args) -> None:
     per_token = sum(arm.cpu["guard"] for arm in guarded) / sum(arm.tokens for arm in guarded) * 1e6
     console.print(f"the guard's own CPU: {per_token:.0f} us per token it relayed")
     direct, guard = (next(a for a in arms if a.name == name and a.concurrency == 8) for name in ("direct", "guard"))
+    console.print(
+        f"at concurrency 8: {guard.halted} of {len(guard.first_token)} answers halted; wall time through the guard "
+        f"{(guard.seconds / direct.seconds - 1) * 100:+.1f}% against direct"
+    )
     console.print(f"overhead: {(1 - guard.tokens_per_second / direct.tokens_per_second) * 100:.1f}%")
 
 
