@@ -56,11 +56,11 @@ def whole_buffers(key, value, attention_mask):
     hands out), so anything read is memory the buffers own."""
     batch, kv_heads, length, dim = key.shape
     capacity = key.stride(1) // dim
+    if capacity <= length or not (_prefix_view(key, capacity) and _prefix_view(value, capacity)):
+        return key, value, attention_mask
     if attention_mask is None:  # every position written so far is seen (SDPA's masks leave it out then)
         attention_mask = torch.ones((1, 1, 1, length), dtype=torch.bool, device=key.device)
-    if attention_mask.shape[-1] != length or capacity <= length:
-        return key, value, attention_mask
-    if not (_prefix_view(key, capacity) and _prefix_view(value, capacity)):
+    elif attention_mask.shape[-1] != length:
         return key, value, attention_mask
     hidden = False if attention_mask.dtype == torch.bool else float("-inf")
     mask = torch.nn.functional.pad(attention_mask, (0, capacity - length), value=hidden)
