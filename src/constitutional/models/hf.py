@@ -19,7 +19,7 @@ from transformers import (
 
 from constitutional.errors import InputError
 from constitutional.models.attention import use_decode_attention
-from constitutional.models.base import Message, Prompt, SamplingParams, cut_at_stop, render_transcript
+from constitutional.models.base import Prompt, SamplingParams, cut_at_stop
 from constitutional.models.kvcache import (
     KeysValues,
     KeyValueStore,
@@ -31,7 +31,7 @@ from constitutional.models.kvcache import (
 from constitutional.models.prefix import PrefixGroup, group_by_prefix
 from constitutional.models.sampling import NucleusSampler
 from constitutional.models.spec import ModelSpec
-from constitutional.models.tokens import common_prefix, render_chat
+from constitutional.models.tokens import common_prefix, render_with_tokenizer
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Message contents are rendered through the chat template as numbered slots first (see `render`). A slot is padded
@@ -128,30 +128,7 @@ class TransformersModel:
         return [len(self.render(prompt)) for prompt in prompts]
 
     def render(self, prompt: Prompt) -> list[int]:
-        """Token ids of a prompt: chat messages through the chat template, else the pretrained transcript.
-
-        Only the chat template makes special tokens: text, and every message's content, is read as plain text, so
-        an answer that contains "<|im_end|>" cannot end its turn. (Added tokens that are not special, such as
-        Gemma's runs of newlines, are ordinary text and stay as they are.)
-        """
-        if isinstance(prompt, str):
-            return self._plain(prompt, add_special_tokens=True)
-        if self.has_chat_template:
-            return self._render_chat(prompt)
-        return self._plain(render_transcript(prompt), add_special_tokens=True)
-
-    def _plain(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        """Ids of text in which special-token strings are just characters (the BOS a tokenizer adds still comes)."""
-        return self.tokenizer(text, add_special_tokens=add_special_tokens, split_special_tokens=True)["input_ids"]
-
-    def _render_chat(self, messages: list[Message]) -> list[int]:
-        return render_chat(
-            messages,
-            lambda slots: self.tokenizer.apply_chat_template(slots, tokenize=False, add_generation_prompt=True),
-            lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"],
-            self._plain,
-            self.name,
-        )
+        return render_with_tokenizer(self.tokenizer, prompt, self.name)
 
     def _batches(self, sequences: list[list[int]]) -> Iterator[list[int]]:
         """Index batches that keep rows sharing a beginning together, and otherwise rows of similar length.

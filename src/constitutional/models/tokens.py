@@ -1,4 +1,4 @@
-"""Token-level pieces the local backends (transformers, llama.cpp) share, so both read a prompt the same way."""
+"""Token-level pieces the local backends (transformers, vllm, llama.cpp) share, so both read a prompt the same way."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from constitutional.errors import InputError
-from constitutional.models.base import Message
+from constitutional.models.base import Message, Prompt, render_transcript
 from constitutional.models.prefix import shared_length
 
 # A character no prompt text uses, marking where a message's content goes in a rendered chat template.
@@ -55,3 +55,28 @@ def render_chat(
             content = content if after else content.rstrip()
             ids += content_ids(content)
     return ids
+
+
+def render_with_tokenizer(tokenizer, prompt: Prompt, model: str) -> list[int]:
+    """Token ids of a prompt with a Hugging Face tokenizer (the transformers and vllm backends): chat messages
+    through its chat template if it has one, else the pretrained transcript.
+
+    Only the chat template makes special tokens: text, and every message's content, is read as plain text, so an
+    answer that contains "<|im_end|>" cannot end its turn. (Added tokens that are not special, such as Gemma's runs
+    of newlines, are ordinary text and stay as they are; the BOS a tokenizer adds still comes.)
+    """
+
+    def plain(text: str, add_special_tokens: bool = False) -> list[int]:
+        return tokenizer(text, add_special_tokens=add_special_tokens, split_special_tokens=True)["input_ids"]
+
+    if isinstance(prompt, str):
+        return plain(prompt, add_special_tokens=True)
+    if not getattr(tokenizer, "chat_template", None):
+        return plain(render_transcript(prompt), add_special_tokens=True)
+    return render_chat(
+        prompt,
+        lambda slots: tokenizer.apply_chat_template(slots, tokenize=False, add_generation_prompt=True),
+        lambda text: tokenizer(text, add_special_tokens=False)["input_ids"],
+        plain,
+        model,
+    )

@@ -9,8 +9,8 @@ vLLM starts its engine in worker processes, so a script that builds this backend
 `if __name__ == "__main__":` guard (`cai` has it). On CPU, `VLLM_CPU_KVCACHE_SPACE` (GiB) sizes the key/value
 cache; `tensor_parallel_size` from the recipe splits the model across that many GPUs.
 
-Prompts are rendered as the transformers backend renders them (the chat template through `render_chat`, contents
-as plain text) and handed to vLLM as token ids, so both backends read the same ids. vLLM has no n-gram block:
+Prompts are rendered as the transformers backend renders them (models/tokens.py: the chat template, contents as
+plain text) and handed to vLLM as token ids, so both backends read the same ids. vLLM has no n-gram block:
 `no_repeat_ngram_size` is not applied (as with the `openai` backend).
 """
 
@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from constitutional.errors import InputError
-from constitutional.models.base import Prompt, SamplingParams, cut_at_stop, render_transcript
+from constitutional.models.base import Prompt, SamplingParams, cut_at_stop
 from constitutional.models.spec import ModelSpec
-from constitutional.models.tokens import render_chat
+from constitutional.models.tokens import render_with_tokenizer
 
 
 class VLLMModel:
@@ -72,22 +72,7 @@ class VLLMModel:
         return [len(self.render(prompt)) for prompt in prompts]
 
     def render(self, prompt: Prompt) -> list[int]:
-        """Token ids of a prompt: chat messages through the chat template, else the pretrained transcript; only
-        the template makes special tokens (see TransformersModel.render)."""
-        if isinstance(prompt, str):
-            return self._plain(prompt, add_special_tokens=True)
-        if self.has_chat_template:
-            return render_chat(
-                prompt,
-                lambda slots: self.tokenizer.apply_chat_template(slots, tokenize=False, add_generation_prompt=True),
-                lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"],
-                self._plain,
-                self.name,
-            )
-        return self._plain(render_transcript(prompt), add_special_tokens=True)
-
-    def _plain(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=add_special_tokens, split_special_tokens=True)["input_ids"]
+        return render_with_tokenizer(self.tokenizer, prompt, self.name)
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[str]:
         """One completion per prompt, in order; with a seed, prompt i samples from seed + i."""
