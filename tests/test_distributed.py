@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import yaml
 from safetensors.torch import load_file
 
 from constitutional import distributed, pipeline
+from constitutional.models.local_server import free_port
 from constitutional.recipe import load_recipe, parse_overrides
 from constitutional.records import ComparisonRecord, RevisionStep, SLRecord
 from constitutional.runview import RunView
@@ -44,12 +44,6 @@ RANK_STATE = re.compile(r"[a-z_]+/checkpoints/checkpoint-\d+(/rng_state_1\.pth)?
 
 def _only_rank_state(paths: list[str]) -> bool:
     return all(RANK_STATE.fullmatch(path) for path in paths)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _sl_record(i: int, kind: str) -> SLRecord:
@@ -184,7 +178,7 @@ def test_two_processes_under_accelerate_launch_train_like_one_and_only_rank_0_wr
     recipe, prepared_dir = prepared
     two = _copy(prepared_dir, "two-processes")
     writes, log = _launch(
-        _accelerate(_free_port()), recipe, two, ["--stages", ",".join(TRAINING), *_per_device_batch(2)]
+        _accelerate(free_port()), recipe, two, ["--stages", ",".join(TRAINING), *_per_device_batch(2)]
     )
 
     one = _copy(prepared_dir, "one-process")
@@ -212,7 +206,7 @@ def test_rloo_under_torchrun_trains_on_both_ranks_and_only_rank_0_writes(prepare
     recipe, prepared_dir = prepared
     run_dir = _copy(prepared_dir, "torchrun")
     args = ["--stages", "pm_train,rl_train", "--rl.algo", "rloo", "--rl.max_steps", "2", *_per_device_batch(2)]
-    writes, log = _launch(_torchrun(_free_port()), recipe, run_dir, args)
+    writes, log = _launch(_torchrun(free_port()), recipe, run_dir, args)
 
     lines = _rank_lines(log)
     assert [len(lines[0]), len(lines[1])] == [2, 2], log

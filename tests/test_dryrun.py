@@ -4,7 +4,6 @@ and a GPU that is not there each fail with one line naming the recipe field; the
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,6 +15,7 @@ from typer.testing import CliRunner
 from constitutional import dryrun
 from constitutional.cli import app
 from constitutional.memory import read_shape
+from constitutional.models.local_server import free_port
 from constitutional.recipe import load_recipe, parse_overrides
 
 RECIPES = Path(__file__).parent.parent / "recipes"
@@ -53,10 +53,7 @@ def server():
 
 
 def _dead_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"  # the port was free a moment ago and nothing listens on it now
+    return f"http://127.0.0.1:{free_port()}/v1"  # the port was free a moment ago and nothing listens on it now
 
 
 def _recipe(folder: Path, chat_model: Path, base_model: Path, feedback_url: str, **changes) -> Path:

@@ -13,7 +13,6 @@ import asyncio
 import importlib.util
 import json
 import re
-import socket
 import sys
 import threading
 import time
@@ -26,6 +25,7 @@ import yaml
 from test_export import ask, build_run
 from test_rl import build_preference_model
 
+from constitutional.models.local_server import free_port
 from constitutional.reward import PreferenceModel
 
 ANSWER = "Mix flour, water, salt and yeast, then knead and bake."
@@ -201,19 +201,13 @@ def _files(exported: Path) -> dict[str, int]:
     return json.loads((exported / "openrlhf" / "export.json").read_text())["files"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_openrlhf_http_reward_answers_its_client(exported):
     import uvicorn
     from openrlhf.utils.agent import SingleTurnAgentExecutor
 
     from constitutional.export.openrlhf_reward import reward_app
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(reward_app(exported / "openrlhf" / "reward.json"), port=port, log_level="error")
     )

@@ -23,14 +23,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from constitutional.models.local_server import free_port
+
 RAY = str(Path(sys.executable).with_name("ray"))
 START_SECONDS = 120.0  # a node on a busy two-core machine can take this long to register
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
 
 
 def _ports(host: str) -> list[str]:
