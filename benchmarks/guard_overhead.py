@@ -4,7 +4,8 @@ The upstream is llama-cpp-python's OpenAI-compatible server with the embedded Sm
 guard runs in its own process in front of it with its default settings (hold-back 8 tokens; the output classifier's
 steps and torch threads as `--step-tokens` and `--classifier-threads` say, by default the guard's), with trained
 classifiers (`--classifiers DIR`, through `cai guard serve`) or keyword classifiers. Both arms send the same
-prompts (the first built-in helpful prompts) with the same settings (greedy, `--max-tokens`) as streamed chat
+prompts (the first of `builtin:eval-helpful`: ordinary requests that no classifier data is made from, unlike the
+classifiers' general pool `builtin:helpful`) with the same settings (greedy, `--max-tokens`) as streamed chat
 requests, at concurrency 1 and 8. One run sends every prompt twice per arm, in the order direct, guard, guard,
 direct, so that a machine slowing down or speeding up during the run weighs on both arms alike. Tokens are the
 content chunks received (llama.cpp sends one token per chunk; greedy decoding makes both arms' answers the same);
@@ -41,6 +42,8 @@ from rich.table import Table
 from constitutional.guard.settings import GuardSettings
 from constitutional.models.local_server import free_port, server_process
 from constitutional.sources import load_prompts
+
+PROMPTS = "builtin:eval-helpful"  # held out of the classifier data (its general pool is builtin:helpful)
 
 
 @dataclass
@@ -114,7 +117,7 @@ def main() -> None:
         help="torch threads of trained classifiers",
     )
     args = parser.parse_args()
-    prompts = [record.messages[-1]["content"] for record in load_prompts("builtin:helpful")[0][: args.prompts]]
+    prompts = [record.messages[-1]["content"] for record in load_prompts(PROMPTS)[0][: args.prompts]]
     scratch = Path(tempfile.mkdtemp(prefix="guard-overhead-"))
     with contextlib.ExitStack() as stack:
         upstream = args.upstream

@@ -349,14 +349,45 @@ def test_answers_are_begun_with_varied_openings_so_no_one_phrase_marks_a_label()
 
     constitution = load_classifier_constitution("restricted-permitted")
     config = tiny_config(answers_per_category=4)
-    tasks = [t for t in followup_tasks(written_requests(constitution, config), config, 0) if t.purpose == "answer"]
-    for mode in ("comply", "refuse"):
+    requests = written_requests(constitution, config)
+    tasks = [t for t in followup_tasks(requests, config, 0, chat=True) if t.purpose == "answer"]
+    assert CLF_ANSWER_LEADS["help"] == CLF_ANSWER_LEADS["comply"]  # an opening says nothing of harm
+    for mode in ("comply", "refuse", "help"):
         used = {t.template for t in tasks if t.id.endswith(f">{mode}")}
         assert len(used) >= len(CLF_ANSWER_LEADS[mode]) - 1
         for task in tasks:
             if task.id.endswith(f">{mode}"):
                 number = int(task.template.rsplit(".", 1)[1])
                 assert task.prompt.endswith(CLF_ANSWER_LEADS[mode][number])
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_general_prompts_are_answered_as_plain_chat_and_become_benign_answers_with_no_lead(tmp_path, chat):
+    from constitutional.classifiers.synthesize import CHAT, TRANSCRIPT, followup_tasks, plain_items, written_requests
+    from constitutional.prompts import clf_answer_prompt
+
+    constitution = load_classifier_constitution("restricted-permitted")
+    config = tiny_config(general_prompts="builtin:helpful", general_answers=5, answers_per_category=1)
+    requests = written_requests(constitution, config)
+    answers = [t for t in followup_tasks(requests, config, 0, chat=chat) if t.purpose == "answer"]
+    general = [t for t in answers if t.category == "general"]
+    assert len(general) == 5 and all(t.id.endswith(">chat") for t in general)
+    others = [t for t in answers if t.category != "general"]
+    assert others and not any(t.id.endswith(">chat") for t in others)
+    text = {r.id: r.text for r in requests}
+    for task in general:
+        conversation = [{"role": "user", "content": text[task.id.rsplit(">", 1)[0]]}]
+        # The chat messages themselves (the generator's template renders them), or the transcript with no lead.
+        assert task.prompt == (conversation if chat else clf_answer_prompt(conversation, ""))
+        assert task.template == (CHAT if chat else TRANSCRIPT)
+    made = {
+        t.id: Generation(id=t.id, purpose="answer", category=t.category, template=t.template, prompt=t.prompt,
+                         output=" Boil the pasta for ten minutes.", model="m", params={}, seed=0)
+        for t in general
+    }  # fmt: skip
+    items = [example for _, example, _ in plain_items(requests, made, 0) if example.answer is not None]
+    assert len(items) == 5
+    assert all(e.label == 0 and e.answer == "Boil the pasta for ten minutes." for e in items)
 
 
 def test_the_judges_cut_off_is_set_on_the_written_items_so_a_yes_bias_does_not_contest_everything():

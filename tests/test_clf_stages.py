@@ -323,5 +323,7 @@ def test_the_classifier_recipes_parse_and_every_file_their_stages_read_exists(na
     for stage in CLASSIFIER_STAGES.values():
         fingerprint = local_fingerprint(recipe, stage)  # reads the constitution and every labelled set
         assert sorted(fingerprint["inputs"]) == sorted(s for s in stage.inputs(recipe) if s is not None)
-    assert recipe.classifiers.input.target_fpr == recipe.classifiers.output.target_fpr == 0.01
+    # The paper's 1% operating point, except where the CPU recipe's ~64 benign answers cannot resolve it (README).
+    assert recipe.classifiers.input.target_fpr == 0.01
+    assert recipe.classifiers.output.target_fpr == (0.05 if name == "classifiers.yaml" else 0.01)
     assert recipe.classifiers.eval.datasets == ["builtin:clf-eval-inputs", "builtin:clf-eval-outputs"]

@@ -273,16 +273,19 @@ CLF_REQUESTS_TEMPLATE = "Topic: {topic}. {definition}\nRequests that users sent 
 CLF_REQUEST_ITEM = "{number}. {request}\n"
 # The answer is begun for the generator, so that it complies, refuses or just helps as the example needs. Several
 # openings per mode, drawn by seed: with one, every harmful answer would share its first words, and a classifier
-# could learn those words instead of the harm.
+# could learn those words instead of the harm. Complying and helping answers draw from the same openings: when only
+# harmful answers opened with steps and lists, a head on SmolLM2 learned "instructions" and flagged benign how-tos
+# (a pasta sauce recipe, a git tutorial) above most harmful answers.
+_HOW_TO_LEADS = (
+    "Sure. Here is exactly how to do it, step by step.\n1.",
+    "Of course. First,",
+    "Happy to help with that. You will need the following:\n-",
+    "Here's the method that works best:",
+    "Okay, the short version is this. Start by",
+    "No problem. The process has three stages. Stage one:",
+)
 CLF_ANSWER_LEADS = {
-    "comply": (
-        "Sure. Here is exactly how to do it, step by step.\n1.",
-        "Of course. First,",
-        "Happy to help with that. You will need the following:\n-",
-        "Here's the method that works best:",
-        "Okay, the short version is this. Start by",
-        "No problem. The process has three stages. Stage one:",
-    ),
+    "comply": _HOW_TO_LEADS,
     "refuse": (
         "I can't help with that, because it could seriously hurt people. What I can do is",
         "I won't give instructions for that. If you're interested in the topic, though,",
@@ -291,7 +294,7 @@ CLF_ANSWER_LEADS = {
         "I'm not able to walk you through that. What I can share is",
         "I'd rather not help with this, since it could cause real harm. Here is something useful instead:",
     ),
-    "help": ("",),
+    "help": _HOW_TO_LEADS,
 }
 CLF_PARAPHRASE_TEMPLATE = (
     "Original: How do I get red wine out of a carpet?\n"

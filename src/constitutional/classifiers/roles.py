@@ -32,8 +32,10 @@ class Generation(Record):
 
     purpose: Purpose
     category: str
-    template: str = Field(description="Name of the prompts.py template the prompt was built from.")
-    prompt: str
+    template: str = Field(
+        description="Name of the prompts.py template the prompt was built from ('chat': the generator's own)."
+    )
+    prompt: Prompt
     output: str
     model: str
     params: dict
@@ -58,7 +60,7 @@ class Task:
     purpose: Purpose
     category: str
     template: str
-    prompt: str
+    prompt: Prompt
 
 
 def _chunk_seed(seed: int, first_id: str) -> int:

@@ -4,7 +4,8 @@ constitution yields, and the judge's reading of a sample of them. `assemble` tur
 1. Requests. The constitution's own examples are kept as written; general helpful prompts join the benign pool;
    the generator continues, for every category, a numbered list seeded with that category's examples.
 2. Answers and paraphrases. The generator answers some requests of each category (a restricted request both
-   complied with and refused; any other just helped), with the answer begun for it; and rewords a share of them.
+   complied with and refused; any other just helped), with the answer begun for it; answers general prompts as a
+   chat assistant does (everyday traffic, which the output classifier must let through); and rewords a share.
 3. Judging. The judge reads a sample of these items (`relabel`).
 
 Every model call is a resumable record (`roles`); the pool is rebuilt from those records deterministically, so the
@@ -25,7 +26,7 @@ from constitutional.classifiers import augment, dedupe, relabel, roles
 from constitutional.classifiers.constitution import GENERAL, ClassifierConstitution
 from constitutional.classifiers.records import ClassifierExample, Provenance
 from constitutional.engine import ChunkEngine, LocalEngine
-from constitutional.models.base import HUMAN_TURN, LanguageModel, SamplingParams
+from constitutional.models.base import HUMAN_TURN, LanguageModel, SamplingParams, uses_chat
 from constitutional.progress import progress_bar
 from constitutional.prompts import (
     CLF_ANSWER_LEADS,
@@ -37,6 +38,9 @@ from constitutional.sources import load_prompts
 from constitutional.store import StageFolder
 
 WRITTEN = relabel.WRITTEN
+AnswerMode = Literal["comply", "refuse", "help", "chat"]
+CHAT = "chat"  # a general prompt answered through the generator's chat template, as deployed models answer
+TRANSCRIPT = "transcript"  # the same without a chat template: the plain transcript, no lead
 JUDGEMENTS = "judgements"  # the judge's records, in a folder of the generation stage's own
 
 
@@ -55,6 +59,12 @@ class DataConfig(BaseModel):
         description="Ordinary requests for the benign pool (category 'general'); null: none.",
     )
     max_general: int | None = Field(default=None, ge=1, description="Use only the first N general prompts.")
+    general_answers: int | None = Field(
+        default=None,
+        ge=0,
+        description="General prompts the generator answers as a chat assistant (benign answers like everyday "
+        "traffic, for the output classifier); null: all of them.",
+    )
     answers_per_category: int = Field(
         default=4, ge=0, description="Requests per category answered (restricted: complied with and refused)."
     )
@@ -110,6 +120,7 @@ GENERATION_FIELDS = frozenset(
         "request_tokens",
         "general_prompts",
         "max_general",
+        "general_answers",
         "answers_per_category",
         "paraphrase_share",
         "judge_share",
@@ -206,21 +217,39 @@ def generated_requests(
 
 
 def answered(requests: Sequence[Request], config: DataConfig, seed: int) -> list[Request]:
-    """The requests of each category the generator answers: `answers_per_category` of them, drawn by seed."""
+    """The requests of each category the generator answers, drawn by seed: `answers_per_category` of them, and
+    `general_answers` of the general prompts."""
     chosen = []
     for category in dict.fromkeys(r.category for r in requests):
         members = [r for r in requests if r.category == category]
-        chosen += _rng(seed, category, "answers").sample(members, min(config.answers_per_category, len(members)))
+        wanted = config.answers_per_category
+        if category == GENERAL:
+            wanted = len(members) if config.general_answers is None else config.general_answers
+        chosen += _rng(seed, category, "answers").sample(members, min(wanted, len(members)))
     return chosen
 
 
-def followup_tasks(requests: Sequence[Request], config: DataConfig, seed: int) -> list[roles.Task]:
+def _modes(request: Request) -> tuple[AnswerMode, ...]:
+    """How a request is answered: a restricted one both complied with and refused, a permitted one helped with, a
+    general one as a chat assistant answers everyday traffic (no lead: what a guarded model sends)."""
+    if request.label:
+        return ("comply", "refuse")
+    return (CHAT,) if request.category == GENERAL else ("help",)
+
+
+def followup_tasks(requests: Sequence[Request], config: DataConfig, seed: int, chat: bool) -> list[roles.Task]:
+    """The answers and paraphrases to ask for; `chat`: the generator reads chat messages (otherwise transcripts)."""
     tasks = []
     for request in answered(requests, config, seed):
-        for mode in ("comply", "refuse") if request.label else ("help",):
+        conversation = [{"role": "user", "content": request.text}]
+        for mode in _modes(request):
             task_id = f"{request.id}>{mode}"
+            if mode == CHAT:
+                prompt, template = (conversation, CHAT) if chat else (clf_answer_prompt(conversation, ""), TRANSCRIPT)
+                tasks.append(roles.Task(task_id, "answer", request.category, template, prompt))
+                continue
             number = _rng(seed, task_id, "lead").randrange(len(CLF_ANSWER_LEADS[mode]))
-            prompt = clf_answer_prompt([{"role": "user", "content": request.text}], CLF_ANSWER_LEADS[mode][number])
+            prompt = clf_answer_prompt(conversation, CLF_ANSWER_LEADS[mode][number])
             template = f"CLF_ANSWER_LEADS.{mode}.{number}"
             tasks.append(roles.Task(task_id, "answer", request.category, template, prompt))
     for request in requests:
@@ -268,7 +297,7 @@ def plain_items(requests: Sequence[Request], generations: dict[str, roles.Genera
             continue
         request_id, mode = made.id.rsplit(">", 1)
         request = by_id[request_id]
-        lead = CLF_ANSWER_LEADS[mode][int(made.template.rsplit(".", 1)[1])]
+        lead = "" if mode == CHAT else CLF_ANSWER_LEADS[mode][int(made.template.rsplit(".", 1)[1])]
         answer = f"{lead} {made.output.strip()}" if lead else made.output.strip()
         harmful = mode == "comply"
         provenance = Provenance(generator=made.model, template=made.template, seed=seed)
@@ -326,7 +355,7 @@ def generate(
         step = bar.add_task("requests", total=len(tasks), unit="calls")
         made = roles.generate(folder, generator, tasks, params, seed, config.chunk_size, _advance(bar, step), writes)
         requests = _pool(constitution, config, seed, made)
-        tasks = followup_tasks(requests, config, seed)
+        tasks = followup_tasks(requests, config, seed, uses_chat(generator))
         step = bar.add_task("answers, paraphrases", total=len(tasks), unit="calls")
         made = roles.generate(folder, generator, tasks, params, seed, config.chunk_size, _advance(bar, step), writes)
         questions = relabel.judge_tasks(plain_items(requests, made, seed), constitution, config.judge_share, seed)
