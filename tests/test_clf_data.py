@@ -362,7 +362,7 @@ def test_answers_are_begun_with_varied_openings_so_no_one_phrase_marks_a_label()
 
 
 @pytest.mark.parametrize("chat", [True, False])
-def test_general_prompts_are_answered_as_plain_chat_and_become_benign_answers_with_no_lead(tmp_path, chat):
+def test_general_prompts_are_answered_as_plain_chat_and_become_benign_answers_with_no_lead(chat):
     from constitutional.classifiers.synthesize import CHAT, TRANSCRIPT, followup_tasks, plain_items, written_requests
     from constitutional.prompts import clf_answer_prompt
 

@@ -38,7 +38,6 @@ from constitutional.sources import load_prompts
 from constitutional.store import StageFolder
 
 WRITTEN = relabel.WRITTEN
-AnswerMode = Literal["comply", "refuse", "help", "chat"]
 CHAT = "chat"  # a general prompt answered through the generator's chat template, as deployed models answer
 TRANSCRIPT = "transcript"  # the same without a chat template: the plain transcript, no lead
 JUDGEMENTS = "judgements"  # the judge's records, in a folder of the generation stage's own
@@ -229,7 +228,7 @@ def answered(requests: Sequence[Request], config: DataConfig, seed: int) -> list
     return chosen
 
 
-def _modes(request: Request) -> tuple[AnswerMode, ...]:
+def _modes(request: Request) -> tuple[str, ...]:
     """How a request is answered: a restricted one both complied with and refused, a permitted one helped with, a
     general one as a chat assistant answers everyday traffic (no lead: what a guarded model sends)."""
     if request.label:
@@ -237,21 +236,22 @@ def _modes(request: Request) -> tuple[AnswerMode, ...]:
     return (CHAT,) if request.category == GENERAL else ("help",)
 
 
+def _answer_task(request: Request, mode: str, chat: bool, seed: int) -> roles.Task:
+    """The call that answers `request` in `mode`: begun with a lead drawn by seed, or (CHAT) as plain chat."""
+    task_id = f"{request.id}>{mode}"
+    conversation = [{"role": "user", "content": request.text}]
+    if mode == CHAT:
+        prompt, template = (conversation, CHAT) if chat else (clf_answer_prompt(conversation, ""), TRANSCRIPT)
+    else:
+        number = _rng(seed, task_id, "lead").randrange(len(CLF_ANSWER_LEADS[mode]))
+        prompt = clf_answer_prompt(conversation, CLF_ANSWER_LEADS[mode][number])
+        template = f"CLF_ANSWER_LEADS.{mode}.{number}"
+    return roles.Task(task_id, "answer", request.category, template, prompt)
+
+
 def followup_tasks(requests: Sequence[Request], config: DataConfig, seed: int, chat: bool) -> list[roles.Task]:
     """The answers and paraphrases to ask for; `chat`: the generator reads chat messages (otherwise transcripts)."""
-    tasks = []
-    for request in answered(requests, config, seed):
-        conversation = [{"role": "user", "content": request.text}]
-        for mode in _modes(request):
-            task_id = f"{request.id}>{mode}"
-            if mode == CHAT:
-                prompt, template = (conversation, CHAT) if chat else (clf_answer_prompt(conversation, ""), TRANSCRIPT)
-                tasks.append(roles.Task(task_id, "answer", request.category, template, prompt))
-                continue
-            number = _rng(seed, task_id, "lead").randrange(len(CLF_ANSWER_LEADS[mode]))
-            prompt = clf_answer_prompt(conversation, CLF_ANSWER_LEADS[mode][number])
-            template = f"CLF_ANSWER_LEADS.{mode}.{number}"
-            tasks.append(roles.Task(task_id, "answer", request.category, template, prompt))
+    tasks = [_answer_task(r, mode, chat, seed) for r in answered(requests, config, seed) for mode in _modes(r)]
     for request in requests:
         if _rng(seed, request.id, "paraphrase").random() < config.paraphrase_share:
             prompt = paraphrase_prompt(request.text)
