@@ -22,13 +22,8 @@ from rich.table import Table
 from constitutional.classifiers.evaluation import evaluate_set
 from constitutional.classifiers.labelled import load_labelled
 from constitutional.classifiers.records import ClassifierExample
-from constitutional.classifiers.stream_model import (
-    StreamModel,
-    decoder_layers,
-    drop_layers_after,
-    load_backbone,
-    train_stream_classifier,
-)
+from constitutional.classifiers.stream_model import StreamModel, decoder_layers, drop_layers_after
+from constitutional.classifiers.stream_training import load_backbone, train_stream_classifier
 from constitutional.classifiers.training import training_examples
 from constitutional.jsonl import read_json_lines
 from constitutional.recipe import load_recipe

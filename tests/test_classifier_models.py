@@ -185,7 +185,7 @@ def no_network(monkeypatch):
 @pytest.fixture(scope="module")
 def trained_output(tiny_model_path):
     from constitutional.classifiers.settings import StreamClassifierSettings
-    from constitutional.classifiers.stream_model import train_stream_classifier
+    from constitutional.classifiers.stream_training import train_stream_classifier
 
     answers = [
         example(
@@ -226,7 +226,8 @@ def test_a_saved_output_classifier_loads_with_the_same_scores(trained_output, tm
 def test_an_own_backbone_loads_without_the_layers_after_the_head_and_scores_the_same(tiny_model_path, tmp_path):
     from constitutional.classifiers.saved import load_output_classifier, save_output_classifier
     from constitutional.classifiers.settings import StreamClassifierSettings
-    from constitutional.classifiers.stream_model import decoder_layers, train_stream_classifier
+    from constitutional.classifiers.stream_model import decoder_layers
+    from constitutional.classifiers.stream_training import train_stream_classifier
 
     answers = [
         example(i, e.messages[0]["content"], e.label, e.category, e.split, answer=f"Sure: {e.messages[0]['content']}")

@@ -12,13 +12,8 @@ from transformers import StoppingCriteriaList
 from constitutional.classifiers.attached import attach, generate_guarded
 from constitutional.classifiers.records import ClassifierExample, Provenance
 from constitutional.classifiers.settings import StreamClassifierSettings
-from constitutional.classifiers.stream_model import (
-    StreamModel,
-    ValueHead,
-    stream_loss,
-    token_targets,
-    train_stream_classifier,
-)
+from constitutional.classifiers.stream_model import StreamModel, ValueHead
+from constitutional.classifiers.stream_training import stream_loss, token_targets, train_stream_classifier
 from constitutional.errors import InputError
 from constitutional.models import ModelSpec, SamplingParams, load_model
 
@@ -121,10 +116,10 @@ def test_pieces_pushed_together_score_as_pushed_one_by_one_in_one_forward(classi
     together = classifier.start(CONVERSATION)
     together.push_many(pieces[:2])
     reads = []
-    original = together._read
-    monkeypatch.setattr(together, "_read", lambda ids: reads.append(len(ids)) or original(ids))
+    original = classifier.read
+    monkeypatch.setattr(classifier, "read", lambda rows: reads.append(len(rows)) or original(rows))
     results = together.push_many(pieces[2:])
-    assert len(reads) == 1  # one forward step for all the pieces
+    assert reads == [1]  # one forward step for all the pieces
     assert together.scores == pytest.approx(one_by_one.scores, abs=1e-5)
     assert [tokens for _, tokens in results][-1] == expected[-1][1] == together.tokens
     # Mid-way, a piece's verdict covers the tokens that end within it: never more than pushing it alone saw,
@@ -138,25 +133,26 @@ def test_each_push_reads_only_the_new_tokens(classifier, monkeypatch):
     stream = classifier.start(CONVERSATION)
     stream.push("Mix flour, water")
     read = []
-    original = stream._read
-    monkeypatch.setattr(stream, "_read", lambda ids: read.append(len(ids)) or original(ids))
+    original = classifier.read
+    monkeypatch.setattr(classifier, "read", lambda rows: read.extend(len(ids) for _, ids in rows) or original(rows))
     stream.push(", salt and yeast")
     added = len(classifier.answer_tokens("Mix flour, water, salt and yeast")[0]) - len(
         classifier.answer_tokens("Mix flour, water")[0]
     )
     assert read == [added + (stream.tokens - len(stream.scores))]  # re-tokenizing rolled nothing back here
-    assert stream.cache.get_seq_length() == len(classifier.prefix_ids(CONVERSATION)) + stream.tokens
+    assert stream.past.length == len(classifier.prefix_ids(CONVERSATION)) + stream.tokens
 
 
 def test_counting_reads_nothing_and_counts_what_a_push_would_read(classifier, monkeypatch):
     stream = classifier.start(CONVERSATION)
     reads = []
-    original = stream._read
-    monkeypatch.setattr(stream, "_read", lambda ids: reads.append(len(ids)) or original(ids))
+    original = classifier.read
+    monkeypatch.setattr(classifier, "read", lambda rows: reads.extend(len(ids) for _, ids in rows) or original(rows))
     counted = stream.count(ANSWER)
     assert reads == [] and stream.tokens == 0  # counting scored nothing
     stream.push(ANSWER)
-    assert counted == stream.tokens == reads[0] > 1
+    prefix = len(classifier.prefix_ids(CONVERSATION))  # the conversation is read with the first push
+    assert counted == stream.tokens == reads[0] - prefix > 1
 
 
 def test_a_capture_never_sees_another_threads_forward_pass(classifier, backbone):
@@ -190,6 +186,43 @@ def test_streams_scored_in_parallel_threads_score_as_alone(classifier):
         together = list(pool.map(score, answers))
     for scores, expected in zip(together, alone, strict=True):
         assert scores == pytest.approx(expected, abs=1e-5)
+
+
+def batch_of_streams(classifier):
+    """Three streams at different points (fresh, mid-answer, mid-word), with the pieces each pushes next."""
+    fresh = classifier.start([{"role": "user", "content": "Tell me about Paris."}])
+    started = classifier.start(CONVERSATION)
+    started.push(ANSWER[:20])
+    mid_word = classifier.start([{"role": "user", "content": "A question."}])
+    mid_word.push("Steal it, ste")  # the next push re-tokenizes the cut word: the cache rolls back
+    return [(fresh, ["The capital", " of France"]), (started, [ANSWER[20:50]]), (mid_word, ["al it all."])]
+
+
+def test_streams_pushed_in_one_batch_score_as_each_alone(classifier, monkeypatch):
+    alone = [(stream.push_many(texts), stream.scores) for stream, texts in batch_of_streams(classifier)]
+    pushes = batch_of_streams(classifier)
+    reads = []
+    original = classifier.read
+    monkeypatch.setattr(classifier, "read", lambda rows: reads.append(len(rows)) or original(rows))
+    outcomes = classifier.push_batch(pushes)
+    assert reads == [3]  # one call, the three streams' rows in one batch (batch_size 3)
+    for (stream, _), outcome, (results, scores) in zip(pushes, outcomes, alone, strict=True):
+        assert stream.scores == pytest.approx(scores, abs=1e-5)
+        assert [tokens for _, tokens in outcome] == [tokens for _, tokens in results]
+        assert [v.score for v, _ in outcome] == pytest.approx([v.score for v, _ in results], abs=1e-5)
+        assert stream.past.length == len(stream.prefix) + stream.tokens
+
+
+def test_a_push_that_fails_in_a_batch_fails_alone_and_leaves_its_stream_as_it_was(classifier, backbone):
+    pushes = batch_of_streams(classifier)
+    broken = pushes[0][0]  # fresh: its first push reads the conversation, here with an id the embedding lacks
+    broken.prefix = [*broken.prefix, backbone.model.config.vocab_size + 7]
+    outcomes = classifier.push_batch(pushes)
+    assert isinstance(outcomes[0], IndexError)
+    assert (broken.text, broken.scores, broken.past.length) == ("", [], 0)
+    alone = [(stream.push_many(texts), stream.scores) for stream, texts in batch_of_streams(classifier)]
+    for i in (1, 2):
+        assert pushes[i][0].scores == pytest.approx(alone[i][1], abs=1e-5)
 
 
 def test_the_verdict_is_the_running_maximum_and_stays_flagged(classifier):

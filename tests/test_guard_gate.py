@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from constitutional.guard.gate import OutputGate, Piece
+from constitutional.classifiers.screening import OutputClassifier
+from constitutional.guard.gate import OutputGate, Piece, score_together
 from constitutional.guard.testing import KeywordOutputClassifier
 from constitutional.guard.wire import EventSplitter, chunk_texts, event_data
 
@@ -151,7 +152,7 @@ def test_pieces_without_text_do_not_wait_at_the_front_nor_pass_text_waiting(step
     assert gate.score([], final=True) == ["word", "ping"]
 
 
-class BreaksOnThirdPush:
+class BreaksOnThirdPush(OutputClassifier):
     threshold = 0.5
 
     def start(self, conversation):
@@ -175,6 +176,48 @@ def test_a_classifier_error_keeps_the_unscored_pieces_for_the_callers_policy(ste
     assert gate.score(pieces(["six"])) == [] and gate.score([], final=True) == []  # fail closed: nothing more
     # Fail open: held and unscored pieces go out, in order, and later ones pass.
     assert received + gate.unscreened() + gate.score(pieces(["seven"])) == [*WORDS[:5], "seven"]
+
+
+class Batching(KeywordOutputClassifier):
+    """Keyword streams whose `push_batch` calls are recorded (pushes per call); a stream of `broken` fails its push."""
+
+    def __init__(self, keywords, broken=()):
+        super().__init__(keywords)
+        self.calls: list[int] = []
+        self.broken = list(broken)
+
+    def push_batch(self, pushes):
+        self.calls.append(len(pushes))
+        broken = {id(stream) for stream in self.broken}  # by identity: keyword streams with equal fields are equal
+        return [ValueError("bad") if id(stream) in broken else stream.push_many(texts) for stream, texts in pushes]
+
+
+def test_gates_sharing_a_classifier_are_scored_in_one_call_and_release_as_alone():
+    shared = Batching({"bomb": "weapons"})
+    gates = [OutputGate(shared, [], hold_back=1, step_tokens=2) for _ in range(3)]
+    answers = [WORDS[:4], WORDS[5:], WORDS[2:6]]  # the second says "bomb"
+    received = [[] for _ in gates]
+    for step in range(0, 6, 2):
+        batch = [(gate, pieces(answer[step : step + 2]), False) for gate, answer in zip(gates, answers, strict=True)]
+        for index, payloads in enumerate(score_together(batch)):
+            received[index] += payloads
+    for index, payloads in enumerate(score_together([(gate, [], True) for gate in gates])):
+        received[index] += payloads
+    alone = [run(OutputGate(KeywordOutputClassifier({"bomb": "weapons"}), [], 1, 2), pieces(a)) for a in answers]
+    assert received == alone and received[1] == ["six"]  # "seven" waited for a token after it: "bomb"
+    assert gates[1].halt is not None and gates[0].halt is None and gates[2].halt is None
+    assert shared.calls == [3, 3]  # per step, one call for all three gates (each had a step due)
+
+
+def test_a_push_that_fails_in_a_shared_call_fails_its_gate_alone():
+    shared = Batching({})
+    gates = [OutputGate(shared, [], hold_back=0, step_tokens=1) for _ in range(2)]
+    score_together([(gate, pieces(["one"]), False) for gate in gates])
+    shared.broken.append(gates[0].streams[0])
+    received = score_together([(gate, pieces(["two"]), False) for gate in gates])
+    assert received == [[], ["two"]]
+    assert isinstance(gates[0].error, ValueError) and gates[1].error is None
+    assert gates[0].unscreened() == ["two"]  # fail open: its unscored piece was held, not lost
 
 
 def test_a_classifier_error_while_counting_is_an_error_too():

@@ -8,7 +8,7 @@ from itertools import accumulate, pairwise
 
 import pytest
 
-from constitutional.classifiers.screening import AnswerStream, Verdict
+from constitutional.classifiers.screening import AnswerStream, OutputClassifier, Verdict
 from constitutional.guard.inprocess import GuardedModel, Watch
 from constitutional.guard.testing import KeywordInputClassifier
 from constitutional.models import ModelSpec, SamplingParams
@@ -50,16 +50,21 @@ class CharacterStream(AnswerStream):
         return self.chars
 
 
-class FlagsLongAnswers:
+class FlagsLongAnswers(OutputClassifier):
     threshold = 0.5
 
     def __init__(self, limit: int):
         self.limit = limit
         self.streams: list[CharacterStream] = []
+        self.batches: list[int] = []  # pushes per classifier call
 
     def start(self, conversation):
         self.streams.append(CharacterStream(self.limit, [], []))
         return self.streams[-1]
+
+    def push_batch(self, pushes):
+        self.batches.append(len(pushes))
+        return super().push_batch(pushes)
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +87,8 @@ def test_unflagged_answers_equal_the_plain_model_and_every_token_is_scored(tiny,
     # The pieces pushed add up to the whole answer: incremental decoding neither drops nor repeats text, and the
     # answer's end, shorter than a step, is scored too.
     assert sorted("".join(s.pushes).strip() for s in output.streams) == sorted(plain)
+    # The rows' steps that came due in one generation step went to the classifier in one call.
+    assert max(output.batches) > 1 and sum(output.batches) == sum(len(s.steps) for s in output.streams)
 
 
 def test_restricted_prompts_are_refused_in_one_screening_call(tiny):
@@ -97,7 +104,7 @@ def count_steps(monkeypatch) -> list[int]:
     """Every generation step the guard's stopping criterion saw (one entry per row and step)."""
     steps = []
     step = Watch.step
-    monkeypatch.setattr(Watch, "step", lambda self, index, answer: steps.append(index) or step(self, index, answer))
+    monkeypatch.setattr(Watch, "step", lambda self, rows, answers: steps.extend(rows) or step(self, rows, answers))
     return steps
 
 

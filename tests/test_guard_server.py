@@ -11,6 +11,7 @@ import httpx2
 import openai
 import pytest
 
+from constitutional.classifiers.screening import OutputClassifier
 from constitutional.guard.server import create_app
 from constitutional.guard.settings import GuardSettings
 from constitutional.guard.testing import (
@@ -227,7 +228,7 @@ def test_an_unreachable_upstream_is_a_502(tmp_path):
     assert caught.value.status_code == 502 and "cannot reach the upstream" in caught.value.message
 
 
-class Raising:
+class Raising(OutputClassifier):
     """A classifier that raises on every call, as a crashed model would."""
 
     threshold = 0.5

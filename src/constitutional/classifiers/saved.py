@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from constitutional.classifiers.input_model import InputModel, TrainedInput, TrainingSummary
-from constitutional.classifiers.stream_model import StreamModel, TrainedStream, ValueHead, backbone_fingerprint
+from constitutional.classifiers.stream_model import StreamModel, ValueHead, backbone_fingerprint
+from constitutional.classifiers.stream_training import TrainedStream
 from constitutional.errors import InputError
 from constitutional.models.hf import TransformersModel
 
@@ -216,7 +217,8 @@ def load_output_classifier(folder: str | Path, backbone: TransformersModel | Non
     from safetensors.torch import load_file
 
     from constitutional.classifiers.settings import StreamClassifierSettings
-    from constitutional.classifiers.stream_model import drop_layers_after, load_backbone
+    from constitutional.classifiers.stream_model import drop_layers_after
+    from constitutional.classifiers.stream_training import load_backbone
 
     folder = Path(folder)
     config = _read_config(folder, "output")

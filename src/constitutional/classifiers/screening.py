@@ -57,3 +57,17 @@ class OutputClassifier(Protocol):
     def start(self, conversation: Sequence[Message]) -> AnswerStream:
         """Begin scoring an answer to `conversation`; each push costs one step on the cached prefix."""
         ...
+
+    def push_batch(
+        self, pushes: Sequence[tuple[AnswerStream, Sequence[str]]]
+    ) -> list[list[tuple[Verdict, int]] | Exception]:
+        """`stream.push_many(texts)` for each (stream, texts) of this classifier's streams, in order; a push that
+        raised gives its exception, so one stream's failure leaves the others scored. A model scores them all in one
+        step (the guard batches the streams that are waiting); by default, one push_many each."""
+        outcomes: list[list[tuple[Verdict, int]] | Exception] = []
+        for stream, texts in pushes:
+            try:
+                outcomes.append(stream.push_many(texts))
+            except Exception as err:
+                outcomes.append(err)
+        return outcomes

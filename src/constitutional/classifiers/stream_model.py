@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,19 +26,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from constitutional.classifiers.input_model import TrainingSummary, training_split
-from constitutional.classifiers.metrics import AnswerTrace, stream_metrics
+from constitutional.classifiers.metrics import AnswerTrace
 from constitutional.classifiers.records import ClassifierExample
 from constitutional.classifiers.screening import Verdict
-from constitutional.classifiers.settings import StreamClassifierSettings
-from constitutional.classifiers.thresholds import calibrate_threshold
 from constitutional.errors import InputError
 from constitutional.models.base import Message
 from constitutional.models.hf import TransformersModel
 from constitutional.models.prefix import shared_length
-from constitutional.progress import progress_bar
 
-# ---- the head and its loss -------------------------------------------------------------------------------------
+# ---- the head ----------------------------------------------------------------------------------------------------
 
 
 class ValueHead(nn.Module):
@@ -54,30 +49,6 @@ class ValueHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(self.norm(features.float())).squeeze(-1)
-
-
-def stream_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, cummax_weight: float) -> torch.Tensor:
-    """(1 - w) * per-token BCE + w * BCE of the running maximum, averaged over real tokens; all (answers, tokens).
-
-    The running maximum is what the stream acts on (a flagged answer stays flagged), so its term punishes a single
-    early spike on a benign answer as much as a sustained one; the per-token term keeps every position learning.
-    """
-    import torch.nn.functional as F
-
-    running = torch.cummax(logits, dim=1).values  # sigmoid is monotone: the max of logits is the max of scores
-    per_token = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    cumulative = F.binary_cross_entropy_with_logits(running, targets, reduction="none")
-    mixed = (1 - cummax_weight) * per_token + cummax_weight * cumulative
-    return (mixed * mask).sum() / mask.sum()
-
-
-def token_targets(example: ClassifierExample, token_ends: Sequence[int]) -> list[float]:
-    """What each answer token should predict: 0 throughout a benign answer; for a harmful one, 1 from the token where
-    harmful content starts (`harmful_from`), or from its first token when that is not known."""
-    if example.label == 0:
-        return [0.0] * len(token_ends)
-    start = example.harmful_from or 0
-    return [1.0 if end > start else 0.0 for end in token_ends]
 
 
 # ---- reading hidden states -------------------------------------------------------------------------------------
@@ -203,7 +174,7 @@ class StreamModel:
 
     def traces(self, examples: Sequence[ClassifierExample], max_tokens: int | None = None) -> list[AnswerTrace]:
         """Every answer scored in one pass each (full re-scoring, batched): the per-token scores metrics read."""
-        tokens = [self.answer_tokens(_answer(e)) for e in examples]
+        tokens = [self.answer_tokens(answer_text(e)) for e in examples]
         if max_tokens is not None:
             tokens = [(ids[:max_tokens], ends[:max_tokens]) for ids, ends in tokens]
         pairs = [(self.prefix_ids(e.messages), ids) for e, (ids, _) in zip(examples, tokens, strict=True)]
@@ -215,8 +186,74 @@ class StreamModel:
     def start(self, conversation: Sequence[Message]) -> AnswerScorer:
         return AnswerScorer(self, self.prefix_ids(conversation))
 
+    def push_batch(
+        self, pushes: Sequence[tuple[AnswerScorer, Sequence[str]]]
+    ) -> list[list[tuple[Verdict, int]] | Exception]:
+        """Each (scorer, pieces) pushed as `push_many` would, all in one batched forward pass: the guard scores the
+        steps of every stream that came while its last pass ran together, at far less than a pass each (on one CPU
+        thread, SmolLM2's matrix products over 8 streams' 16 tokens cost 0.4 of theirs over one stream's 16, per
+        token). If the pass fails, each row is read alone, so an error reaches only the pushes it belongs to (as an
+        exception in their place)."""
+        steps = [_attempt(scorer.plan, texts) for scorer, texts in pushes]
+        reading = [i for i, step in enumerate(steps) if isinstance(step, _Step) and step.unread]
+        rows = [(steps[i].past, steps[i].unread) for i in reading]
+        try:
+            reads = self.read(rows)
+        except Exception:
+            reads = [_attempt(lambda row: self.read([row])[0], row) for row in rows]
+        read_of = dict(zip(reading, reads, strict=True))
+        outcomes: list[list[tuple[Verdict, int]] | Exception] = []
+        for index, ((scorer, _), step) in enumerate(zip(pushes, steps, strict=True)):
+            read = read_of.get(index)
+            failure = next((item for item in (step, read) if isinstance(item, Exception)), None)
+            outcomes.append(failure or scorer.commit(step, read))
+        return outcomes
 
-def _answer(example: ClassifierExample) -> str:
+    @torch.inference_mode()
+    def read(self, rows: Sequence[tuple[KeyValues, list[int]]]) -> list[tuple[KeyValues, torch.Tensor]]:
+        """Per row (what its cache holds, the ids that follow it): the cache with those ids read, and the feature-layer
+        output at each of them. Rows of similar lengths are read together, `lm.batch_size` at a time."""
+        out: list[tuple[KeyValues, torch.Tensor]] = [(KeyValues(), torch.empty(0))] * len(rows)
+        order = sorted(range(len(rows)), key=lambda i: rows[i][0].length + len(rows[i][1]))
+        for start in range(0, len(order), self.lm.batch_size):
+            batch = order[start : start + self.lm.batch_size]
+            for i, outcome in zip(batch, self._read_batch([rows[i] for i in batch]), strict=True):
+                out[i] = outcome
+        return out
+
+    def _read_batch(self, rows: Sequence[tuple[KeyValues, list[int]]]) -> list[tuple[KeyValues, torch.Tensor]]:
+        """One forward pass over rows whose caches are left-padded to the longest and whose new ids are right-padded:
+        masked out, padding changes no real token's output (beyond float rounding: a row scores as it would alone)."""
+        past_width = max(past.length for past, _ in rows)
+        new_width = max(len(ids) for _, ids in rows)
+        device = self.lm.model.device
+        ids = torch.full((len(rows), new_width), self.lm.tokenizer.pad_token_id, device=device)
+        mask = torch.zeros(len(rows), past_width + new_width, dtype=torch.long, device=device)
+        positions = torch.zeros(len(rows), new_width, dtype=torch.long, device=device)
+        for row, (past, new) in enumerate(rows):
+            ids[row, : len(new)] = torch.tensor(new, device=device)
+            mask[row, past_width - past.length : past_width + len(new)] = 1
+            positions[row] = torch.arange(past.length, past.length + new_width, device=device)
+        cache = KeyValues.batched([past for past, _ in rows], past_width)
+        with captured(self.module) as seen:
+            self.lm.model.get_decoder()(
+                input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+            )
+        return [
+            (KeyValues.row_of(cache, row, past_width - past.length, past_width + len(new)), seen[0][row, : len(new)])
+            for row, (past, new) in enumerate(rows)
+        ]
+
+
+def _attempt(function: Any, *args: Any) -> Any:
+    """`function(*args)`, or the exception it raised."""
+    try:
+        return function(*args)
+    except Exception as err:
+        return err
+
+
+def answer_text(example: ClassifierExample) -> str:
     if example.answer is None:
         raise InputError(
             f"example {example.id} has no answer for the output classifier to read",
@@ -226,32 +263,80 @@ def _answer(example: ClassifierExample) -> str:
     return example.answer
 
 
+@dataclass(frozen=True)
+class KeyValues:
+    """The keys and values one sequence's tokens left in every decoder layer, each (1, kv heads, tokens, head dim)."""
+
+    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
+
+    @property
+    def length(self) -> int:
+        return self.layers[0][0].shape[-2] if self.layers else 0
+
+    def first(self, tokens: int) -> KeyValues:
+        return KeyValues(tuple((keys[..., :tokens, :], values[..., :tokens, :]) for keys, values in self.layers))
+
+    @staticmethod
+    def batched(rows: Sequence[KeyValues], width: int) -> Any:
+        """A transformers cache holding every row left-padded with zeros to `width` tokens (the mask hides them)."""
+        from transformers import DynamicCache
+
+        filled = [row for row in rows if row.length]
+        if not filled:
+            return DynamicCache()
+        layers = []
+        for index, (keys, values) in enumerate(filled[0].layers):
+            shape = (len(rows), keys.shape[1], width, keys.shape[3])
+            batch_keys, batch_values = keys.new_zeros(shape), values.new_zeros(shape)
+            for row, past in enumerate(rows):
+                if past.length:
+                    batch_keys[row, :, width - past.length :] = past.layers[index][0][0]
+                    batch_values[row, :, width - past.length :] = past.layers[index][1][0]
+            layers.append((batch_keys, batch_values))
+        return DynamicCache(layers)
+
+    @staticmethod
+    def row_of(cache: Any, row: int, start: int, end: int) -> KeyValues:
+        """One row's tokens out of a batched cache, copied (a view would keep the whole batch's tensors alive)."""
+        return KeyValues(
+            tuple(
+                (layer.keys[row : row + 1, :, start:end].clone(), layer.values[row : row + 1, :, start:end].clone())
+                for layer in cache.layers
+            )
+        )
+
+
+@dataclass
+class _Step:
+    """One push between planning and reading: the answer as it will be, and what the backbone must read for it."""
+
+    text: str
+    ids: list[int]  # the answer's tokens once the pieces are in
+    token_ends: list[int]
+    piece_ends: list[int]  # character offset where each pushed piece ends
+    keep: int  # answer tokens read before that the new tokenization keeps
+    past: KeyValues  # the cache rolled back to those tokens (a view; the scorer's own stays as it was)
+    unread: list[int]  # ids to read after `past`: the conversation first, on the first push
+
+
 class AnswerScorer:
-    """The running verdict on one answer: the conversation read once into a cache, then each push reads only the
-    tokens it adds.
+    """The running verdict on one answer: the conversation read into a cache with the first push, then each push
+    reads only the tokens it adds.
 
     The whole answer so far is re-tokenized at every push and the cache rolled back to where the new tokens start
-    (usually the last, unfinished word), so pieces cut anywhere score as the full answer would.
+    (usually the last, unfinished word), so pieces cut anywhere score as the full answer would. A push is planned
+    (nothing changes), read (alone or batched with other scorers' pushes), then committed, so a failed pass leaves
+    the scorer as it was.
     """
 
     def __init__(self, classifier: StreamModel, prefix: list[int]):
-        from transformers import DynamicCache
-
         self.classifier = classifier
-        self.cache = DynamicCache(config=classifier.lm.model.config)
-        self.prefix = len(prefix)
+        self.prefix = prefix
+        self.past = KeyValues()
         self.text = ""
         self.ids: list[int] = []
         self.scores: list[float] = []
         self.peak = 0.0
-        self._read(prefix)
-
-    @torch.inference_mode()
-    def _read(self, ids: list[int]) -> torch.Tensor:
-        tensor = torch.tensor([ids], device=self.classifier.lm.model.device)
-        with captured(self.classifier.module) as seen:
-            self.classifier.lm.model.get_decoder()(input_ids=tensor, past_key_values=self.cache, use_cache=True)
-        return seen[0][0]
 
     def push(self, text: str) -> Verdict:
         return self.push_many([text])[0][0]
@@ -259,21 +344,36 @@ class AnswerScorer:
     def push_many(self, texts: Sequence[str]) -> list[tuple[Verdict, int]]:
         """All the pieces in one forward step; each piece's verdict covers the tokens that end within it or before.
         A token re-read after a rollback never lowers the verdict: the running maximum only grows."""
-        ends = list(accumulate((len(text) for text in texts), initial=len(self.text)))[1:]
-        self.text += "".join(texts)
-        ids, token_ends = self.classifier.answer_tokens(self.text)
+        outcome = self.classifier.push_batch([(self, texts)])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def plan(self, texts: Sequence[str]) -> _Step:
+        text = self.text + "".join(texts)
+        ids, token_ends = self.classifier.answer_tokens(text)
         keep = shared_length(self.ids, ids)
-        if keep < len(self.ids):
-            self.cache.crop(keep - len(self.ids))  # a negative count: the tokens to drop from the end
-            del self.ids[keep:], self.scores[keep:]
-        if keep < len(ids):
-            self.scores += self.classifier.token_scores(self._read(ids[keep:]))
-            self.ids += ids[keep:]
+        prefix_read = len(self.prefix) if self.past.length else 0
+        past = self.past.first(prefix_read + keep)
+        unread = ([] if prefix_read else self.prefix) + ids[keep:]
+        piece_ends = list(accumulate((len(piece) for piece in texts), initial=len(self.text)))[1:]
+        return _Step(text, ids, token_ends, piece_ends, keep, past, unread)
+
+    def commit(self, step: _Step, read: tuple[KeyValues, torch.Tensor] | None) -> list[tuple[Verdict, int]]:
+        """Take a planned push and what reading it gave (None: nothing was new); per piece, verdict and tokens."""
+        self.text = step.text
+        del self.ids[step.keep :], self.scores[step.keep :]
+        self.past = step.past
+        if read is not None:
+            self.past, features = read
+            answer_features = features[len(features) - (len(step.ids) - step.keep) :]
+            self.scores += self.classifier.token_scores(answer_features)
+            self.ids = step.ids
         results = []
-        for end in ends:
-            read = bisect_right(token_ends, end)
-            self.peak = max(self.peak, *self.scores[keep:read], 0.0)
-            results.append((Verdict(score=self.peak, flagged=self.peak > self.classifier.threshold), read))
+        for end in step.piece_ends:
+            scored = bisect_right(step.token_ends, end)
+            self.peak = max(self.peak, *self.scores[step.keep : scored], 0.0)
+            results.append((Verdict(score=self.peak, flagged=self.peak > self.classifier.threshold), scored))
         return results
 
     def count(self, text: str) -> int:
@@ -283,96 +383,3 @@ class AnswerScorer:
     @property
     def tokens(self) -> int:
         return len(self.ids)
-
-
-# ---- training ----------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainedStream:
-    classifier: StreamModel
-    summary: TrainingSummary
-
-
-def load_backbone(settings: StreamClassifierSettings) -> TransformersModel:
-    from constitutional.models import ModelSpec, load_model
-
-    model = load_model(ModelSpec(name=settings.backbone, dtype=settings.dtype))
-    if not isinstance(model, TransformersModel):
-        raise InputError("the output classifier needs a transformers backbone", field="backbone")
-    return model
-
-
-def _fit_head(head: ValueHead, features: list[torch.Tensor], targets: list[list[float]], settings) -> list[float]:
-    """Adam on the head alone over cached features; returns the mean loss of each epoch."""
-    generator = torch.Generator().manual_seed(settings.seed)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    usable = [i for i, f in enumerate(features) if len(f)]
-    losses = []
-    head.train()
-    for _ in range(settings.epochs):
-        order = [usable[i] for i in torch.randperm(len(usable), generator=generator).tolist()]
-        total = 0.0
-        for start in range(0, len(order), settings.batch_size):
-            batch = order[start : start + settings.batch_size]
-            padded = nn.utils.rnn.pad_sequence([features[i] for i in batch], batch_first=True)
-            target = nn.utils.rnn.pad_sequence([torch.tensor(targets[i]) for i in batch], batch_first=True)
-            mask = nn.utils.rnn.pad_sequence([torch.ones(len(features[i])) for i in batch], batch_first=True)
-            # Padding sits after each answer, so it never enters the running maximum of a real token.
-            loss = stream_loss(head(padded), target, mask, settings.cummax_weight)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(batch)
-        losses.append(total / max(1, len(order)))
-    head.eval()
-    return losses
-
-
-def train_stream_classifier(
-    examples: Sequence[ClassifierExample],
-    settings: StreamClassifierSettings,
-    backbone: TransformersModel | None = None,
-) -> TrainedStream:
-    """Read every answer through the frozen backbone once, fit the head on the cached hidden states, then calibrate
-    the threshold on the benign answers of the calibration split (their peak score, as the stream would act on it).
-
-    `backbone` reuses an already loaded model (the policy); by default `settings.backbone` is loaded.
-    """
-    started = time.perf_counter()
-    train, calibration, contested = training_split(examples)
-    lm = backbone or load_backbone(settings)
-    torch.manual_seed(settings.seed)
-    width = lm.model.config.hidden_size
-    classifier = StreamModel(lm, ValueHead(width, settings.head_hidden), settings.layer, threshold=0.5)
-    tokens = [classifier.answer_tokens(_answer(e)) for e in train]
-    tokens = [(ids[: settings.max_answer_tokens], ends[: settings.max_answer_tokens]) for ids, ends in tokens]
-    pairs = [(classifier.prefix_ids(e.messages), ids) for e, (ids, _) in zip(train, tokens, strict=True)]
-    features = []
-    with progress_bar() as bar:
-        task = bar.add_task("reading answers", total=len(pairs), unit="answers")
-        for start in range(0, len(pairs), lm.batch_size):
-            # Kept in bf16 until the head reads them: half the memory of float32, far finer than the head needs.
-            features += [f.bfloat16() for f in classifier.features(pairs[start : start + lm.batch_size])]
-            bar.advance(task, len(pairs[start : start + lm.batch_size]))
-    targets = [token_targets(e, ends) for e, (_, ends) in zip(train, tokens, strict=True)]
-    losses = _fit_head(classifier.head, features, targets, settings)
-    traces = classifier.traces(calibration, settings.max_answer_tokens)
-    benign = [max(t.scores, default=0.0) for t, e in zip(traces, calibration, strict=True) if e.label == 0]
-    threshold = calibrate_threshold(benign, settings.target_fpr)
-    classifier.threshold = threshold.value
-    summary = TrainingSummary(
-        kind="output",
-        backbone=settings.backbone if backbone is None else backbone.name,
-        train_examples=len(train),
-        train_restricted=sum(e.label for e in train),
-        excluded_contested=contested,
-        categories=sorted({e.category for e in train if e.label == 1}),
-        wrappers=sorted({e.wrapper for e in train}),
-        threshold=threshold,
-        calibration=stream_metrics("output classifier", calibration, traces, threshold.value).answers,
-        final_loss=losses[-1],
-        seconds=time.perf_counter() - started,
-        settings=settings.model_dump(),
-    )
-    return TrainedStream(classifier, summary)

@@ -54,7 +54,7 @@ def train_input(
 def train_output(examples: Sequence[ClassifierExample], config: ClassifiersConfig, model_dir: Path) -> dict[str, Any]:
     """Train and calibrate the streaming output classifier's head, save it to `model_dir`."""
     from constitutional.classifiers.saved import save_output_classifier
-    from constitutional.classifiers.stream_model import train_stream_classifier
+    from constitutional.classifiers.stream_training import train_stream_classifier
 
     chosen = training_examples(examples, answers=True, train_on_contested=config.train_on_contested)
     trained = train_stream_classifier(chosen, config.output)

@@ -5,8 +5,9 @@ Each classifier has one thread, and one call in flight at a time: a classifier n
 hook on a shared module is not), and a forward pass runs on torch's own threads (`cai guard serve` sets how many:
 `classifier_threads`).
 What arrives meanwhile waits and goes in the next call, so under load the calls grow instead of queueing: requests
-arriving while an input batch is scored form the next batch, and the output pieces of all streams that arrived
-while one output job ran are scored in the next job. When the guard is idle nothing waits for a batch to fill."""
+arriving while an input batch is scored form the next batch, and the output steps of all streams that arrived
+while one output job ran are scored in the next job, in one batched forward pass. When the guard is idle nothing
+waits for a batch to fill."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from constitutional.classifiers.screening import InputClassifier, OutputClassifier, Verdict
-from constitutional.guard.gate import OutputGate, Payload, Piece
+from constitutional.guard.gate import OutputGate, Payload, Piece, score_together
 from constitutional.guard.metrics import GuardMetrics
 from constitutional.guard.settings import GuardSettings
 from constitutional.models.base import Message
@@ -43,10 +44,10 @@ class _Job:
 
 
 def _score_all(jobs: list[_Job]) -> None:
-    for job in jobs:
-        job.released = job.gate.score(
-            job.pieces, job.final
-        )  # a classifier error stays in the gate, for that stream alone
+    """Every waiting stream's step in one classifier call; a classifier error stays in the gates it belongs to."""
+    released = score_together([(job.gate, job.pieces, job.final) for job in jobs])
+    for job, payloads in zip(jobs, released, strict=True):
+        job.released = payloads
 
 
 @dataclass

@@ -25,6 +25,8 @@ from constitutional.classifiers.screening import AnswerStream, OutputClassifier,
 from constitutional.models.base import Message
 
 Payload = TypeVar("Payload")
+Push = tuple[AnswerStream, list[str]]  # a stream, and the texts of one step for its `push_many`
+Outcome = list[tuple[Verdict, int]] | Exception  # what one push gave: its (verdict, tokens) per text, or an error
 
 
 @dataclass
@@ -67,6 +69,9 @@ class OutputGate(Generic[Payload]):
         self._unscored: list[Piece[Payload]] = []  # from the first piece with text not yet scored on
         self._held: deque[tuple[Piece[Payload], int]] = deque()  # scored (or textless), with the tokens each added
         self._held_tokens = 0
+        self._taken: list[Piece[Payload]] = []  # the pieces of the step being scored, between take and finish
+        self._choices: list[tuple[int, list[int], int]] = []  # per push: choice, its pieces, its tokens before
+        self._final = False
 
     def score(self, pieces: Sequence[Piece[Payload]], final: bool = False) -> list[Payload]:
         """Take the next pieces; return the payloads now safe to send. `final`: the answer ended (or the upstream
@@ -75,6 +80,12 @@ class OutputGate(Generic[Payload]):
         Stops at a flag (`self.halt` says why), after which nothing held is ever released, or at a classifier error
         (`self.error`): then the unscored pieces stay held, unscored, for the caller's fail-open or fail-closed
         policy."""
+        return score_together([(self, pieces, final)])[0]
+
+    def take(self, pieces: Sequence[Piece[Payload]], final: bool = False) -> list[Push]:
+        """The first half of `score`: take the pieces, and return the pushes a classifier step must make now (none
+        while a step's worth of text has not come). `finish` takes what they gave."""
+        self._final = final
         if self.halt is not None or self.error is not None:
             return []
         for piece in pieces:
@@ -82,19 +93,30 @@ class OutputGate(Generic[Payload]):
                 self._unscored.append(piece)
             else:  # nothing to score: it waits only for the pieces before it
                 self._held.append((piece, 0))
-        released: list[Payload] = []
         try:
             if self._unscored and (final or self._step_due()):
-                released = self._step()
+                self._taken, self._unscored = self._unscored, []
+                return self._pushes()
         except Exception as err:
-            self.error = err
-            self._held.extend((piece, 0) for piece in self._unscored)
-            self._unscored.clear()
+            self._fail(err)
+        return []
+
+    def finish(self, outcomes: Sequence[Outcome]) -> list[Payload]:
+        """The second half of `score`: per push `take` returned, its results (or the exception it raised); the
+        payloads now safe to send."""
+        if self.halt is not None or self.error is not None:
             return []
+        released: list[Payload] = []
+        if self._taken:
+            try:
+                released = self._settle(outcomes)
+            except Exception as err:
+                self._fail(err)
+                return []
         if self.halt is not None:
             return released
         released += self._release()
-        return released + self._flush() if final else released
+        return released + self._flush() if self._final else released
 
     def needs_classifier(self, pieces: Sequence[Piece[Payload]], final: bool = False) -> bool:
         """Whether `score(pieces, final)` may call the classifier (the server runs only those calls in its thread)."""
@@ -129,11 +151,24 @@ class OutputGate(Generic[Payload]):
                 texts.setdefault(choice, []).append(text)
         return any(self._stream(choice).count("".join(parts)) >= self.step_tokens for choice, parts in texts.items())
 
-    def _step(self) -> list[Payload]:
-        """Score every unscored piece in one classifier step, then hold or release them piece by piece, as if they
-        had come one at a time: up to a flag, the same pieces go out."""
-        steps = self._push(self._unscored)
-        pieces, self._unscored = self._unscored, []
+    def _pushes(self) -> list[Push]:
+        """Each choice's texts in the taken pieces, for its stream's one `push_many`."""
+        self._choices = []
+        if self.classifier is None:
+            return []
+        pushes = []
+        for choice in sorted({choice for piece in self._taken for choice, text in piece.texts.items() if text}):
+            stream = self._stream(choice)
+            indices = [index for index, piece in enumerate(self._taken) if piece.texts.get(choice)]
+            self._choices.append((choice, indices, stream.tokens))
+            pushes.append((stream, [self._taken[index].texts[choice] for index in indices]))
+        return pushes
+
+    def _settle(self, outcomes: Sequence[Outcome]) -> list[Payload]:
+        """Hold or release the taken pieces one by one, as if they had come one at a time: up to a flag, the same
+        pieces go out."""
+        steps = self._piece_steps(outcomes)
+        pieces, self._taken = self._taken, []
         released: list[Payload] = []
         for piece, (tokens, halt) in zip(pieces, steps, strict=True):
             for choice, text in piece.texts.items():
@@ -148,24 +183,25 @@ class OutputGate(Generic[Payload]):
             released.extend(self._release())
         return released
 
-    def _push(self, pieces: Sequence[Piece[Payload]]) -> list[tuple[int, Halt | None]]:
-        """Per piece, the tokens it added across choices and the halt it caused, if any: each choice's texts go to
-        its stream in one `push_many`."""
-        steps: list[tuple[int, Halt | None]] = [(0, None)] * len(pieces)
-        if self.classifier is None:
-            return steps
-        for choice in sorted({choice for piece in pieces for choice, text in piece.texts.items() if text}):
-            stream = self._stream(choice)
-            before = stream.tokens
-            indices = [index for index, piece in enumerate(pieces) if piece.texts.get(choice)]
-            results = stream.push_many([pieces[index].texts[choice] for index in indices])
-            for index, (verdict, tokens) in zip(indices, results, strict=True):
+    def _piece_steps(self, outcomes: Sequence[Outcome]) -> list[tuple[int, Halt | None]]:
+        """Per taken piece, the tokens it added across choices and the halt it caused, if any."""
+        steps: list[tuple[int, Halt | None]] = [(0, None)] * len(self._taken)
+        for (choice, indices, before), outcome in zip(self._choices, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                raise outcome
+            for index, (verdict, tokens) in zip(indices, outcome, strict=True):
                 added, halt = steps[index]
                 if halt is None and verdict.flagged:
                     halt = Halt(choice, verdict, tokens)
                 steps[index] = (added + max(0, tokens - before), halt)
                 before = tokens
         return steps
+
+    def _fail(self, err: Exception) -> None:
+        """A classifier error: what waits unscored is held, unscored, for the caller's policy."""
+        self.error = err
+        self._held.extend((piece, 0) for piece in [*self._taken, *self._unscored])
+        self._taken, self._unscored = [], []
 
     def _release(self) -> list[Payload]:
         """Release held pieces from the front while at least `hold_back` scored tokens follow them.
@@ -190,6 +226,37 @@ class OutputGate(Generic[Payload]):
         self._held.clear()
         self._held_tokens = 0
         return released
+
+
+Entry = tuple["OutputGate[Payload]", Sequence[Piece[Payload]], bool]  # a gate, its next pieces, whether last
+
+
+def score_together(entries: Sequence[Entry]) -> list[list[Payload]]:
+    """`gate.score(pieces, final)` for each entry, with the steps of all the gates that share a classifier scored in
+    one `push_batch` (a trained classifier reads them in one forward pass). A push that fails fails its gate alone."""
+    pushes = [gate.take(pieces, final) for gate, pieces, final in entries]
+    outcomes: list[list[Outcome]] = [[] for _ in entries]
+    sharing: dict[int, list[int]] = {}
+    for index, (gate, _, _) in enumerate(entries):
+        if pushes[index]:
+            sharing.setdefault(id(gate.classifier), []).append(index)
+    for members in sharing.values():
+        classifier = entries[members[0]][0].classifier
+        batch = [push for index in members for push in pushes[index]]
+        results = _push_batch(classifier, batch)
+        for index in members:
+            outcomes[index], results = results[: len(pushes[index])], results[len(pushes[index]) :]
+    return [gate.finish(outcome) for (gate, _, _), outcome in zip(entries, outcomes, strict=True)]
+
+
+def _push_batch(classifier: OutputClassifier, pushes: list[Push]) -> list[Outcome]:
+    try:
+        outcomes = classifier.push_batch(pushes)
+        if len(outcomes) != len(pushes):
+            raise ValueError(f"{len(outcomes)} outcomes for {len(pushes)} pushes")
+    except Exception as err:  # the classifier failed as a whole: every push with it
+        return [err] * len(pushes)
+    return outcomes
 
 
 def refusal_after(released_text: bool, message: str) -> str:

@@ -12,7 +12,7 @@ import torch
 from transformers import PreTrainedTokenizerBase, StoppingCriteria
 
 from constitutional.classifiers.screening import InputClassifier, OutputClassifier, Verdict
-from constitutional.guard.gate import OutputGate, Piece, refusal_after
+from constitutional.guard.gate import OutputGate, Piece, refusal_after, score_together
 from constitutional.guard.settings import DEFAULT_HOLD_BACK, DEFAULT_REFUSAL, DEFAULT_STEP_TOKENS
 from constitutional.models.base import Message, Prompt, SamplingParams, cut_at_stop
 from constitutional.models.hf import TransformersModel
@@ -119,29 +119,47 @@ class Watch:
     def __call__(self, prompt_length: int, indices: list[int]) -> StoppingCriteria:
         return _StopWhenHalted(self, prompt_length, indices)
 
-    def step(self, index: int, answer: torch.Tensor) -> bool:
-        """Score what one row's answer tokens added since the last step; whether the row is halted."""
-        gate, row = self.gates[index], self.rows[index]
-        if gate.halt is not None or gate.error is not None:
-            return True
-        row.answer = answer
-        self._score(gate, row, self._new_text(row, answer[row.prefix :].tolist()))
-        return gate.halt is not None or gate.error is not None
+    def step(self, indices: Sequence[int], answers: torch.Tensor) -> list[bool]:
+        """Score what each row's answer tokens added since the last step, the rows' classifier steps together; per
+        row, whether it is halted."""
+        entries = []
+        for index, answer in zip(indices, answers, strict=True):
+            if self._live(index):
+                row = self.rows[index]
+                row.answer = answer
+                entries.append((index, self._new_text(row, answer[row.prefix :].tolist()), False))
+        self._score(entries)
+        return [not self._live(index) for index in indices]
 
     def finish(self) -> None:
         """Score the end of each answer: what waits for a step, and what the last tokens add even if they end
         mid-character (the user gets them too)."""
-        for gate, row in zip(self.gates, self.rows, strict=True):
-            if gate.halt is None and gate.error is None and row.answer is not None:
-                self._score(gate, row, self._new_text(row, row.answer[row.prefix :].tolist(), final=True), final=True)
+        self._score(
+            [
+                (index, self._new_text(row, row.answer[row.prefix :].tolist(), final=True), True)
+                for index, row in enumerate(self.rows)
+                if self._live(index) and row.answer is not None
+            ]
+        )
 
-    def _score(self, gate: OutputGate[int], row: _Row, piece: str, final: bool = False) -> None:
-        pieces = []
-        if piece:
-            row.text += piece
-            pieces.append(Piece(len(row.text), {0: piece}))
-        if pieces or final:
-            row.released = max([row.released, *gate.score(pieces, final)])
+    def _live(self, index: int) -> bool:
+        gate = self.gates[index]
+        return gate.halt is None and gate.error is None
+
+    def _score(self, entries: list[tuple[int, str, bool]]) -> None:
+        """Per (row, the text it added, whether it ended): that text to the row's gate, all gates scored together."""
+        work = []
+        for index, piece, final in entries:
+            row = self.rows[index]
+            pieces = []
+            if piece:
+                row.text += piece
+                pieces.append(Piece(len(row.text), {0: piece}))
+            if pieces or final:
+                work.append((index, pieces, final))
+        released = score_together([(self.gates[index], pieces, final) for index, pieces, final in work])
+        for (index, _, _), payloads in zip(work, released, strict=True):
+            self.rows[index].released = max([self.rows[index].released, *payloads])
 
     def _new_text(self, row: _Row, ids: list[int], final: bool = False) -> str:
         """The text the tokens after `row.read` add, decoding from `row.prefix` on (`ids` starts there) so a token
@@ -161,6 +179,5 @@ class _StopWhenHalted(StoppingCriteria):
         self.watch, self.prompt_length, self.indices = watch, prompt_length, indices
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        answers = input_ids[:, self.prompt_length :]
-        halted = [self.watch.step(index, answers[row]) for row, index in enumerate(self.indices)]
+        halted = self.watch.step(self.indices, input_ids[:, self.prompt_length :])
         return torch.tensor(halted, dtype=torch.bool, device=input_ids.device)

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from constitutional.classifiers.screening import AnswerStream, Verdict
+from constitutional.classifiers.screening import AnswerStream, OutputClassifier, Verdict
 from constitutional.models.base import Message
 
 FLAGGED, CLEAR = 0.99, 0.01
@@ -78,7 +78,7 @@ class KeywordAnswerStream(AnswerStream):
         return self.words
 
 
-class KeywordOutputClassifier:
+class KeywordOutputClassifier(OutputClassifier):
     threshold = 0.5
 
     def __init__(self, keywords: Mapping[str, str]):
