@@ -6,8 +6,9 @@ steps and torch threads as `--step-tokens` and `--classifier-threads` say, by de
 classifiers (`--classifiers DIR`, through `cai guard serve`) or keyword classifiers. Both arms send the same
 prompts (the first of `builtin:eval-helpful`: ordinary requests that no classifier data is made from, unlike the
 classifiers' general pool `builtin:helpful`) with the same settings (greedy, `--max-tokens`) as streamed chat
-requests, at concurrency 1 and 8. One run sends every prompt twice per arm, in the order direct, guard, guard,
-direct, so that a machine slowing down or speeding up during the run weighs on both arms alike. Tokens are the
+requests, at concurrency 1 and 8. A round sends every prompt twice per arm, in the order direct, guard, guard,
+direct, so that a machine slowing down or speeding up during the round weighs on both arms alike; the table sums
+`--rounds` rounds (3), and the overhead of each round is printed too, for the run's spread. Tokens are the
 content chunks received (llama.cpp sends one token per chunk; greedy decoding makes both arms' answers the same);
 tokens/s is all tokens an arm received over the wall time of its requests; time to first token is from sending a
 request to its first content chunk. An answer the guard halts (`halted`: on these benign prompts, a false positive)
@@ -108,6 +109,9 @@ def main() -> None:
         "--classifiers", type=Path, help="trained classifiers for `cai guard serve` (default: keywords)"
     )
     parser.add_argument("--hold-back", type=int, default=8)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="times each arm's four-part sequence runs (the table sums them all)"
+    )
     defaults = GuardSettings.model_fields
     parser.add_argument("--step-tokens", type=int, default=defaults["step_tokens"].default)
     parser.add_argument(
@@ -144,17 +148,23 @@ def main() -> None:
             server_process(command, f"http://127.0.0.1:{guard_port}/health", scratch / "guard.log")
         )
         processes["guard"] = psutil.Process(guard.pid)
-        arms = []
-        for concurrency in (1, 8):
-            halves = {"direct": [], "guard": []}
-            for name in ("direct", "guard", "guard", "direct"):
-                base = upstream if name == "direct" else guarded
-                before = {key: cpu_seconds(process) for key, process in processes.items()}
-                arm = asyncio.run(run_arm(name, base, prompts, concurrency, args.max_tokens))
-                arm.cpu = {key: cpu_seconds(process) - before[key] for key, process in processes.items()}
-                halves[name].append(arm)
-            arms += [merged(parts) for parts in halves.values()]
-    show(arms, args)
+        parts: dict[tuple[int, str], list[Arm]] = {}
+        for _ in range(args.rounds):
+            for concurrency in (1, 8):
+                for name in ("direct", "guard", "guard", "direct"):
+                    base = upstream if name == "direct" else guarded
+                    before = {key: cpu_seconds(process) for key, process in processes.items()}
+                    arm = asyncio.run(run_arm(name, base, prompts, concurrency, args.max_tokens))
+                    arm.cpu = {key: cpu_seconds(process) - before[key] for key, process in processes.items()}
+                    parts.setdefault((concurrency, name), []).append(arm)
+    show(parts, args)
+
+
+def print_rounds(direct: list[Arm], guard: list[Arm]) -> None:
+    """The overhead at concurrency 8 in each round (each arm's two parts of it): the spread of the run."""
+    rounds = [(merged(direct[i : i + 2]), merged(guard[i : i + 2])) for i in range(0, len(direct), 2)]
+    overheads = [(1 - g.tokens_per_second / d.tokens_per_second) * 100 for d, g in rounds]
+    Console().print("overhead at concurrency 8, per round: " + ", ".join(f"{o:.1f}%" for o in overheads))
 
 
 def cpu_seconds(process: psutil.Process) -> float:
@@ -175,7 +185,8 @@ def merged(parts: list[Arm]) -> Arm:
     )
 
 
-def show(arms: list[Arm], args) -> None:
+def show(parts: dict[tuple[int, str], list[Arm]], args) -> None:
+    arms = [merged(arm_parts) for arm_parts in parts.values()]
     classifiers = f"classifiers {args.classifiers}" if args.classifiers else "keyword classifiers"
     if args.classifiers:
         classifiers += f" on {args.classifier_threads} torch thread(s)"
@@ -200,6 +211,7 @@ def show(arms: list[Arm], args) -> None:
         f"at concurrency 8: {guard.halted} of {len(guard.first_token)} answers halted; wall time through the guard "
         f"{(guard.seconds / direct.seconds - 1) * 100:+.1f}% against direct"
     )
+    print_rounds(parts[8, "direct"], parts[8, "guard"])
     console.print(f"overhead: {(1 - guard.tokens_per_second / direct.tokens_per_second) * 100:.1f}%")
 
 

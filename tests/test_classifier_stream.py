@@ -12,7 +12,7 @@ from transformers import StoppingCriteriaList
 from constitutional.classifiers.attached import attach, generate_guarded
 from constitutional.classifiers.records import ClassifierExample, Provenance
 from constitutional.classifiers.settings import StreamClassifierSettings
-from constitutional.classifiers.stream_model import StreamModel, ValueHead
+from constitutional.classifiers.stream_model import StreamModel, ValueHead, read_length
 from constitutional.classifiers.stream_training import stream_loss, token_targets, train_stream_classifier
 from constitutional.errors import InputError
 from constitutional.models import ModelSpec, SamplingParams, load_model
@@ -140,7 +140,7 @@ def test_each_push_reads_only_the_new_tokens(classifier, monkeypatch):
         classifier.answer_tokens("Mix flour, water")[0]
     )
     assert read == [added + (stream.tokens - len(stream.scores))]  # re-tokenizing rolled nothing back here
-    assert stream.past.length == len(classifier.prefix_ids(CONVERSATION)) + stream.tokens
+    assert read_length(stream.past) == len(classifier.prefix_ids(CONVERSATION)) + stream.tokens
 
 
 def test_counting_reads_nothing_and_counts_what_a_push_would_read(classifier, monkeypatch):
@@ -210,7 +210,7 @@ def test_streams_pushed_in_one_batch_score_as_each_alone(classifier, monkeypatch
         assert stream.scores == pytest.approx(scores, abs=1e-5)
         assert [tokens for _, tokens in outcome] == [tokens for _, tokens in results]
         assert [v.score for v, _ in outcome] == pytest.approx([v.score for v, _ in results], abs=1e-5)
-        assert stream.past.length == len(stream.prefix) + stream.tokens
+        assert read_length(stream.past) == len(stream.prefix) + stream.tokens
 
 
 def test_a_push_that_fails_in_a_batch_fails_alone_and_leaves_its_stream_as_it_was(classifier, backbone):
@@ -219,10 +219,45 @@ def test_a_push_that_fails_in_a_batch_fails_alone_and_leaves_its_stream_as_it_wa
     broken.prefix = [*broken.prefix, backbone.model.config.vocab_size + 7]
     outcomes = classifier.push_batch(pushes)
     assert isinstance(outcomes[0], IndexError)
-    assert (broken.text, broken.scores, broken.past.length) == ("", [], 0)
+    assert (broken.text, broken.scores, broken.past) == ("", [], None)
     alone = [(stream.push_many(texts), stream.scores) for stream, texts in batch_of_streams(classifier)]
     for i in (1, 2):
         assert pushes[i][0].scores == pytest.approx(alone[i][1], abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def sliding_classifier(tiny_model_path, tmp_path_factory):
+    """A head on a tiny Gemma 3 whose first layer attends over a window of 4 tokens (the tiny tokenizer)."""
+    import shutil
+
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    folder = tmp_path_factory.mktemp("tiny-sliding")
+    shutil.copytree(tiny_model_path, folder, dirs_exist_ok=True)  # the tokenizer and chat template; weights replaced
+    llama = load_model(ModelSpec(name=str(tiny_model_path), dtype="float32")).model.config
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=llama.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, head_dim=8,
+        num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"], pad_token_id=llama.pad_token_id,
+    )  # fmt: skip
+    Gemma3ForCausalLM(config).save_pretrained(folder)
+    backbone = load_model(ModelSpec(name=str(folder), dtype="float32", batch_size=3))
+    torch.manual_seed(1)
+    return StreamModel(backbone, ValueHead(32, 8), layer=-1, threshold=0.5)
+
+
+def test_a_sliding_window_backbone_scores_incrementally_and_batched_as_in_one_pass(sliding_classifier):
+    """The streams keep every position whatever the layer's kind: the window is the attention mask's to apply."""
+    full = sliding_classifier.traces([example(0, CONVERSATION[0]["content"], ANSWER, 0)])[0].scores
+    alone = sliding_classifier.start(CONVERSATION)
+    for start in range(0, len(ANSWER), 5):
+        alone.push(ANSWER[start : start + 5])
+    pushes = batch_of_streams(sliding_classifier)
+    together = sliding_classifier.start(CONVERSATION)
+    sliding_classifier.push_batch([*pushes, (together, [ANSWER])])
+    assert len(full) > 4 * sliding_classifier.lm.model.config.sliding_window
+    assert alone.scores == pytest.approx(full, abs=1e-5) and together.scores == pytest.approx(full, abs=1e-5)
 
 
 def test_the_verdict_is_the_running_maximum_and_stays_flagged(classifier):

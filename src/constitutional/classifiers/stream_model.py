@@ -32,6 +32,7 @@ from constitutional.classifiers.screening import Verdict
 from constitutional.errors import InputError
 from constitutional.models.base import Message
 from constitutional.models.hf import TransformersModel
+from constitutional.models.kvcache import KeysValues, left_padded
 from constitutional.models.prefix import shared_length
 
 # ---- the head ----------------------------------------------------------------------------------------------------
@@ -210,38 +211,41 @@ class StreamModel:
         return outcomes
 
     @torch.inference_mode()
-    def read(self, rows: Sequence[tuple[KeyValues, list[int]]]) -> list[tuple[KeyValues, torch.Tensor]]:
+    def read(self, rows: Sequence[tuple[KeysValues | None, list[int]]]) -> list[tuple[KeysValues, torch.Tensor]]:
         """Per row (what its cache holds, the ids that follow it): the cache with those ids read, and the feature-layer
         output at each of them. Rows of similar lengths are read together, `lm.batch_size` at a time."""
-        out: list[tuple[KeyValues, torch.Tensor]] = [(KeyValues(), torch.empty(0))] * len(rows)
-        order = sorted(range(len(rows)), key=lambda i: rows[i][0].length + len(rows[i][1]))
+        out: list[tuple[KeysValues, torch.Tensor]] = [([], torch.empty(0))] * len(rows)
+        order = sorted(range(len(rows)), key=lambda i: read_length(rows[i][0]) + len(rows[i][1]))
         for start in range(0, len(order), self.lm.batch_size):
             batch = order[start : start + self.lm.batch_size]
             for i, outcome in zip(batch, self._read_batch([rows[i] for i in batch]), strict=True):
                 out[i] = outcome
         return out
 
-    def _read_batch(self, rows: Sequence[tuple[KeyValues, list[int]]]) -> list[tuple[KeyValues, torch.Tensor]]:
+    def _read_batch(
+        self, rows: Sequence[tuple[KeysValues | None, list[int]]]
+    ) -> list[tuple[KeysValues, torch.Tensor]]:
         """One forward pass over rows whose caches are left-padded to the longest and whose new ids are right-padded:
         masked out, padding changes no real token's output (beyond float rounding: a row scores as it would alone)."""
-        past_width = max(past.length for past, _ in rows)
+        lengths = [read_length(past) for past, _ in rows]
+        past_width = max(lengths)
         new_width = max(len(ids) for _, ids in rows)
         device = self.lm.model.device
         ids = torch.full((len(rows), new_width), self.lm.tokenizer.pad_token_id, device=device)
         mask = torch.zeros(len(rows), past_width + new_width, dtype=torch.long, device=device)
         positions = torch.zeros(len(rows), new_width, dtype=torch.long, device=device)
-        for row, (past, new) in enumerate(rows):
+        for row, ((_, new), length) in enumerate(zip(rows, lengths, strict=True)):
             ids[row, : len(new)] = torch.tensor(new, device=device)
-            mask[row, past_width - past.length : past_width + len(new)] = 1
-            positions[row] = torch.arange(past.length, past.length + new_width, device=device)
-        cache = KeyValues.batched([past for past, _ in rows], past_width)
+            mask[row, past_width - length : past_width + len(new)] = 1
+            positions[row] = torch.arange(length, length + new_width, device=device)
+        cache = batched_cache([past for past, _ in rows], past_width)
         with captured(self.module) as seen:
             self.lm.model.get_decoder()(
                 input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
             )
         return [
-            (KeyValues.row_of(cache, row, past_width - past.length, past_width + len(new)), seen[0][row, : len(new)])
-            for row, (past, new) in enumerate(rows)
+            (row_of(cache, row, past_width - length, past_width + len(new)), seen[0][row, : len(new)])
+            for row, ((_, new), length) in enumerate(zip(rows, lengths, strict=True))
         ]
 
 
@@ -263,47 +267,28 @@ def answer_text(example: ClassifierExample) -> str:
     return example.answer
 
 
-@dataclass(frozen=True)
-class KeyValues:
-    """The keys and values one sequence's tokens left in every decoder layer, each (1, kv heads, tokens, head dim)."""
+def read_length(past: KeysValues | None) -> int:
+    """Tokens whose keys and values `past` holds (None: nothing read yet)."""
+    return 0 if past is None else past[0][0].shape[-2]
 
-    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
 
-    @property
-    def length(self) -> int:
-        return self.layers[0][0].shape[-2] if self.layers else 0
+def first_tokens(past: KeysValues | None, tokens: int) -> KeysValues | None:
+    """The keys and values of the first `tokens` tokens (views)."""
+    return None if past is None or tokens == 0 else [(keys[:, :tokens], values[:, :tokens]) for keys, values in past]
 
-    def first(self, tokens: int) -> KeyValues:
-        return KeyValues(tuple((keys[..., :tokens, :], values[..., :tokens, :]) for keys, values in self.layers))
 
-    @staticmethod
-    def batched(rows: Sequence[KeyValues], width: int) -> Any:
-        """A transformers cache holding every row left-padded with zeros to `width` tokens (the mask hides them)."""
-        from transformers import DynamicCache
+def batched_cache(pasts: Sequence[KeysValues | None], width: int) -> Any:
+    """A transformers cache holding every row left-padded with zeros to `width` tokens (the mask hides them). Its
+    layers all keep every position, whatever the model's kind (a sliding-window layer's mask still limits what
+    attention reads), so that each row's whole sequence can be taken back out."""
+    from transformers import DynamicCache
 
-        filled = [row for row in rows if row.length]
-        if not filled:
-            return DynamicCache()
-        layers = []
-        for index, (keys, values) in enumerate(filled[0].layers):
-            shape = (len(rows), keys.shape[1], width, keys.shape[3])
-            batch_keys, batch_values = keys.new_zeros(shape), values.new_zeros(shape)
-            for row, past in enumerate(rows):
-                if past.length:
-                    batch_keys[row, :, width - past.length :] = past.layers[index][0][0]
-                    batch_values[row, :, width - past.length :] = past.layers[index][1][0]
-            layers.append((batch_keys, batch_values))
-        return DynamicCache(layers)
+    return DynamicCache(left_padded(pasts, width)) if width else DynamicCache()
 
-    @staticmethod
-    def row_of(cache: Any, row: int, start: int, end: int) -> KeyValues:
-        """One row's tokens out of a batched cache, copied (a view would keep the whole batch's tensors alive)."""
-        return KeyValues(
-            tuple(
-                (layer.keys[row : row + 1, :, start:end].clone(), layer.values[row : row + 1, :, start:end].clone())
-                for layer in cache.layers
-            )
-        )
+
+def row_of(cache: Any, row: int, start: int, end: int) -> KeysValues:
+    """One row's tokens out of a batched cache, copied (a view would keep the whole batch's tensors alive)."""
+    return [(layer.keys[row, :, start:end].clone(), layer.values[row, :, start:end].clone()) for layer in cache.layers]
 
 
 @dataclass
@@ -315,7 +300,7 @@ class _Step:
     token_ends: list[int]
     piece_ends: list[int]  # character offset where each pushed piece ends
     keep: int  # answer tokens read before that the new tokenization keeps
-    past: KeyValues  # the cache rolled back to those tokens (a view; the scorer's own stays as it was)
+    past: KeysValues | None  # the cache rolled back to those tokens (views; the scorer's own stays as it was)
     unread: list[int]  # ids to read after `past`: the conversation first, on the first push
 
 
@@ -332,7 +317,7 @@ class AnswerScorer:
     def __init__(self, classifier: StreamModel, prefix: list[int]):
         self.classifier = classifier
         self.prefix = prefix
-        self.past = KeyValues()
+        self.past: KeysValues | None = None
         self.text = ""
         self.ids: list[int] = []
         self.scores: list[float] = []
@@ -353,13 +338,13 @@ class AnswerScorer:
         text = self.text + "".join(texts)
         ids, token_ends = self.classifier.answer_tokens(text)
         keep = shared_length(self.ids, ids)
-        prefix_read = len(self.prefix) if self.past.length else 0
-        past = self.past.first(prefix_read + keep)
+        prefix_read = len(self.prefix) if self.past is not None else 0
+        past = first_tokens(self.past, prefix_read + keep)
         unread = ([] if prefix_read else self.prefix) + ids[keep:]
         piece_ends = list(accumulate((len(piece) for piece in texts), initial=len(self.text)))[1:]
         return _Step(text, ids, token_ends, piece_ends, keep, past, unread)
 
-    def commit(self, step: _Step, read: tuple[KeyValues, torch.Tensor] | None) -> list[tuple[Verdict, int]]:
+    def commit(self, step: _Step, read: tuple[KeysValues, torch.Tensor] | None) -> list[tuple[Verdict, int]]:
         """Take a planned push and what reading it gave (None: nothing was new); per piece, verdict and tokens."""
         self.text = step.text
         del self.ids[step.keep :], self.scores[step.keep :]

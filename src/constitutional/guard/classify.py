@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from constitutional.classifiers.screening import InputClassifier, OutputClassifier, Verdict
-from constitutional.guard.gate import OutputGate, Payload, Piece, score_together
+from constitutional.guard.gate import Outcome, OutputGate, Payload, Piece, Push, push_together
 from constitutional.guard.metrics import GuardMetrics
 from constitutional.guard.settings import GuardSettings
 from constitutional.models.base import Message
@@ -34,20 +34,11 @@ class ClassifierError(Exception):
 
 @dataclass
 class _Job:
-    """Pieces of one stream waiting for its gate to score them."""
+    """One stream's classifier step waiting for the output thread."""
 
-    gate: OutputGate
-    pieces: Sequence[Piece]
-    final: bool
+    pushes: list[Push]
     future: asyncio.Future
-    released: list = field(default_factory=list)
-
-
-def _score_all(jobs: list[_Job]) -> None:
-    """Every waiting stream's step in one classifier call; a classifier error stays in the gates it belongs to."""
-    released = score_together([(job.gate, job.pieces, job.final) for job in jobs])
-    for job, payloads in zip(jobs, released, strict=True):
-        job.released = payloads
+    outcomes: list[Outcome] = field(default_factory=list)
 
 
 @dataclass
@@ -128,17 +119,24 @@ class Classifiers:
         return OutputGate(self.output, conversation, self.settings.hold_back_tokens, self.settings.step_tokens)
 
     async def score(self, gate: OutputGate, pieces: Sequence[Piece[Payload]], final: bool = False) -> list[Payload]:
-        """`gate.score(pieces, final)` in the output classifier's thread when it may call the classifier; the
-        payloads safe to send now. A classifier error is left in `gate.error` (and counted) for the caller's
-        fail-open or fail-closed policy.
+        """`gate.score(pieces, final)`, with the classifier step (when one is due) in the output classifier's
+        thread; the payloads safe to send now. A classifier error is left in `gate.error` (and counted) for the
+        caller's fail-open or fail-closed policy.
 
-        Pieces asked for in one turn of the event loop go to the thread as one job (waking a thread per token and
-        stream would cost more than a keyword classifier's whole push).
-        """
-        if not gate.needs_classifier(pieces, final):
-            return gate.score(pieces, final)  # nothing to score: no thread hop
+        The gate's own work (holding pieces, counting their tokens until a step's worth has come) stays on the event
+        loop: most pieces need no step, and a thread hop per token would cost more than a keyword classifier's whole
+        push. The steps of all streams asked for in one turn of the event loop, or while the last job ran, go to the
+        thread as one job: one `push_batch`, one batched forward pass."""
+        failed_before = gate.error is not None
+        pushes = gate.take(pieces, final)
+        released = gate.finish(await self._push(pushes) if pushes else [])
+        if gate.error is not None and not failed_before:
+            self.metrics.classifier_errors.labels("output").inc()
+        return released
+
+    async def _push(self, pushes: list[Push]) -> list[Outcome]:
         loop = asyncio.get_running_loop()
-        job = _Job(gate, pieces, final, loop.create_future())
+        job = _Job(pushes, loop.create_future())
         if not self._pending and not self._output_busy:
             loop.call_soon(self._dispatch, loop)
         self._pending.append(job)
@@ -148,24 +146,26 @@ class Classifiers:
         jobs, self._pending = self._pending, []
         self._output_busy = True
         started = time.perf_counter()
-        done = loop.run_in_executor(self.output_thread, _score_all, jobs)
+        done = loop.run_in_executor(self.output_thread, self._push_all, jobs)
         done.add_done_callback(lambda outcome: self._deliver(loop, jobs, outcome, time.perf_counter() - started))
+
+    def _push_all(self, jobs: list[_Job]) -> None:
+        for job, outcomes in zip(jobs, push_together(self.output, [job.pushes for job in jobs]), strict=True):
+            job.outcomes = outcomes
 
     def _deliver(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job], outcome: asyncio.Future, seconds: float):
         self._output_busy = False
         if self._pending:  # what arrived while this job ran
             self._dispatch(loop)
         self.metrics.classifier_seconds.labels("output").observe(seconds)
-        failure = None if outcome.cancelled() else outcome.exception()  # the gate keeps classifier errors: a bug
+        failure = None if outcome.cancelled() else outcome.exception()  # push_together keeps classifier errors: a bug
         for job in jobs:
-            if job.gate.error is not None:
-                self.metrics.classifier_errors.labels("output").inc()
             if job.future.done():  # cancelled: its client left
                 continue
             if failure is not None or outcome.cancelled():
                 job.future.set_exception(failure or asyncio.CancelledError())
             else:
-                job.future.set_result(job.released)
+                job.future.set_result(job.outcomes)
 
     async def close(self) -> None:
         if self._worker is not None:

@@ -118,12 +118,6 @@ class OutputGate(Generic[Payload]):
         released += self._release()
         return released + self._flush() if self._final else released
 
-    def needs_classifier(self, pieces: Sequence[Piece[Payload]], final: bool = False) -> bool:
-        """Whether `score(pieces, final)` may call the classifier (the server runs only those calls in its thread)."""
-        if self.classifier is None or self.halt is not None or self.error is not None:
-            return False
-        return any(piece.has_text for piece in pieces) or (final and bool(self._unscored))
-
     def unscreened(self) -> list[Payload]:
         """Stop scoring (the fail-open path after a classifier error): what is held goes out now (returned), and
         what follows passes as it comes."""
@@ -241,22 +235,27 @@ def score_together(entries: Sequence[Entry]) -> list[list[Payload]]:
         if pushes[index]:
             sharing.setdefault(id(gate.classifier), []).append(index)
     for members in sharing.values():
-        classifier = entries[members[0]][0].classifier
-        batch = [push for index in members for push in pushes[index]]
-        results = _push_batch(classifier, batch)
-        for index in members:
-            outcomes[index], results = results[: len(pushes[index])], results[len(pushes[index]) :]
+        together = push_together(entries[members[0]][0].classifier, [pushes[index] for index in members])
+        for index, gate_outcomes in zip(members, together, strict=True):
+            outcomes[index] = gate_outcomes
     return [gate.finish(outcome) for (gate, _, _), outcome in zip(entries, outcomes, strict=True)]
 
 
-def _push_batch(classifier: OutputClassifier, pushes: list[Push]) -> list[Outcome]:
+def push_together(classifier: OutputClassifier, pushes: Sequence[list[Push]]) -> list[list[Outcome]]:
+    """Several gates' pushes (all to `classifier`) in one `push_batch`; per gate, the outcomes of its pushes. If the
+    call itself fails, every push fails with it."""
+    flat = [push for gate_pushes in pushes for push in gate_pushes]
     try:
-        outcomes = classifier.push_batch(pushes)
-        if len(outcomes) != len(pushes):
-            raise ValueError(f"{len(outcomes)} outcomes for {len(pushes)} pushes")
-    except Exception as err:  # the classifier failed as a whole: every push with it
-        return [err] * len(pushes)
-    return outcomes
+        outcomes = classifier.push_batch(flat)
+        if len(outcomes) != len(flat):
+            raise ValueError(f"{len(outcomes)} outcomes for {len(flat)} pushes")
+    except Exception as err:
+        outcomes = [err] * len(flat)
+    per_gate = []
+    for gate_pushes in pushes:
+        per_gate.append(outcomes[: len(gate_pushes)])
+        outcomes = outcomes[len(gate_pushes) :]
+    return per_gate
 
 
 def refusal_after(released_text: bool, message: str) -> str:

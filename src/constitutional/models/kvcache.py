@@ -120,7 +120,16 @@ def filled_cache(config, beginnings: Sequence[KeysValues | None], width: int, le
     cache.layers = [FilledInPlace(length) if type(layer) is DynamicLayer else layer for layer in cache.layers]
     if width == 0:
         return cache
+    for layer, (keys, values) in enumerate(left_padded(beginnings, width)):
+        cache.update(keys, values, layer)
+    return cache
+
+
+def left_padded(beginnings: Sequence[KeysValues | None], width: int) -> KeysValues:
+    """Per layer, (rows, heads, width, head_dim) keys and values holding each row's beginning right-aligned, zeros
+    before it (None: a row with nothing read); `width` > 0 and some row has a beginning."""
     known = next(b for b in beginnings if b is not None)
+    padded = []
     for layer, (sample_keys, sample_values) in enumerate(known):
         keys = sample_keys.new_zeros((len(beginnings), sample_keys.shape[0], width, sample_keys.shape[-1]))
         values = sample_values.new_zeros((len(beginnings), sample_values.shape[0], width, sample_values.shape[-1]))
@@ -129,8 +138,8 @@ def filled_cache(config, beginnings: Sequence[KeysValues | None], width: int, le
                 row_keys, row_values = beginning[layer]
                 keys[row, :, width - row_keys.shape[-2] :] = row_keys
                 values[row, :, width - row_values.shape[-2] :] = row_values
-        cache.update(keys, values, layer)
-    return cache
+        padded.append((keys, values))
+    return padded
 
 
 def answer_read(answer: list[int], end_tokens: set[int]) -> list[int]:
