@@ -16,6 +16,7 @@ from constitutional.classifiers.stream_model import StreamModel, ValueHead, read
 from constitutional.classifiers.stream_training import stream_loss, token_targets, train_stream_classifier
 from constitutional.errors import InputError
 from constitutional.models import ModelSpec, SamplingParams, load_model
+from constitutional.models.prefix import shared_length
 
 CONVERSATION = [{"role": "user", "content": "How do I bake bread?"}]
 ANSWER = "Mix flour, water, salt and yeast, then knead and bake. I can't help with stealing."
@@ -223,6 +224,25 @@ def test_a_push_that_fails_in_a_batch_fails_alone_and_leaves_its_stream_as_it_wa
     alone = [(stream.push_many(texts), stream.scores) for stream, texts in batch_of_streams(classifier)]
     for i in (1, 2):
         assert pushes[i][0].scores == pytest.approx(alone[i][1], abs=1e-5)
+
+
+def test_a_conversation_read_before_is_not_read_again(classifier, monkeypatch):
+    first = classifier.start(CONVERSATION)
+    first.push(ANSWER)
+    later_turn = [*CONVERSATION, {"role": "assistant", "content": ANSWER}, {"role": "user", "content": "And rye?"}]
+    reads = []
+    original = classifier.read
+    monkeypatch.setattr(classifier, "read", lambda rows: reads.extend(len(ids) for _, ids in rows) or original(rows))
+    again, follow_up = classifier.start(CONVERSATION), classifier.start(later_turn)
+    again.push(ANSWER)
+    follow_up.push("Rye too.")
+    conversation, extended = classifier.prefix_ids(CONVERSATION), classifier.prefix_ids(later_turn)
+    shared = shared_length(conversation, extended)  # the earlier turn's prompt (the store keeps no answers)
+    assert shared == len(conversation) and reads == [again.tokens, len(extended) - shared + follow_up.tokens]
+    assert again.scores == pytest.approx(first.scores, abs=1e-5)
+    alone = StreamModel(classifier.lm, classifier.head, classifier.layer, classifier.threshold).start(later_turn)
+    alone.push("Rye too.")
+    assert follow_up.scores == pytest.approx(alone.scores, abs=1e-5)
 
 
 @pytest.fixture(scope="module")

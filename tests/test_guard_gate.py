@@ -75,13 +75,25 @@ def test_pieces_scored_together_are_released_and_halted_as_one_by_one(hold_back)
 def test_pieces_wait_unscored_and_unsent_until_a_steps_worth_of_tokens():
     classifier = Recording({})
     gate = OutputGate(classifier, [], hold_back=0, step_tokens=3)
+    assert gate.score(pieces(["zero"])) == ["zero"]  # the first step: hold-back + 1 tokens, all the first piece needs
     assert gate.score(pieces(["one"])) == [] and gate.score(pieces(["two"])) == []
-    assert classifier.steps == []  # two tokens wait: no classifier step yet
+    assert classifier.steps == [["zero "]]  # two tokens wait: no classifier step yet
     assert gate.score(pieces(["three"])) == ["one", "two", "three"]
-    assert classifier.steps == [["one ", "two ", "three "]]  # one step for the three
+    assert classifier.steps[1:] == [["one ", "two ", "three "]]  # one step for the three
     assert gate.score([Piece("a", {0: "four five six seven "})]) == ["a"]  # one chunk, four tokens: a step
     assert gate.score(pieces(["eight"])) == []
     assert gate.score([], final=True) == ["eight"] and classifier.steps[-1] == ["eight "]
+
+
+@pytest.mark.parametrize(("hold_back", "step"), [(8, 32), (0, 32), (8, 4)])
+def test_the_first_step_scores_what_the_first_piece_needs_to_go_out(hold_back, step):
+    classifier = Recording({})
+    gate = OutputGate(classifier, [], hold_back, step_tokens=step)
+    first = min(step, hold_back + 1)
+    received = [gate.score(pieces([f"w{i}"])) for i in range(first + step)]
+    assert [len(texts) for texts in classifier.steps] == [first, step]
+    if first == hold_back + 1:  # the first piece goes out with the first step, as soon as the hold-back allows
+        assert received[first - 1][:1] == ["w0"] and not any(received[: first - 1])
 
 
 def test_the_hold_back_counts_scored_tokens_across_steps():
@@ -120,7 +132,8 @@ def test_in_steps_nothing_goes_out_unscored_and_the_same_pieces_go_out(hold_back
             assert scored - ends[received[-1]] >= hold_back  # ... and hold_back scored tokens follow it
     received += gate.score([], final=True)
     sizes = [len("".join(texts).split()) for texts in classifier.steps]
-    assert all(size >= step for size in sizes[:-1])  # only the answer's end may be scored in a smaller step
+    # The first step scores what the first piece needs to go out; only the answer's end may be smaller than a step.
+    assert sizes[0] >= min(step, hold_back + 1) and all(size >= step for size in sizes[1:-1])
     reference = OutputGate(KeywordOutputClassifier({"bomb": "weapons"}), [], hold_back, step_tokens=1)
     assert received == run(reference, chunks)
     assert received == [c.payload for c in chunks][: len(received)]
@@ -133,9 +146,10 @@ def test_in_steps_nothing_goes_out_unscored_and_the_same_pieces_go_out(hold_back
 
 def test_the_end_of_the_answer_is_scored_before_any_of_it_goes_out_and_a_flag_there_halts():
     gate = OutputGate(KeywordOutputClassifier({"bomb": "weapons"}), [], hold_back=2, step_tokens=100)
-    assert [gate.score([item]) for item in pieces(WORDS)] == [[]] * len(WORDS)
-    assert gate.halt is None  # nothing scored yet
-    assert gate.score([], final=True) == WORDS[:5]  # as one by one: up to two tokens before the flag
+    received = [gate.score([item]) for item in pieces(WORDS)]
+    assert received == [[], [], ["one"]] + [[]] * (len(WORDS) - 3)  # a first step of three tokens, then none
+    assert gate.halt is None  # the flagged word is not scored yet
+    assert gate.score([], final=True) == WORDS[1:5]  # as one by one: up to two tokens before the flag
     assert gate.halt.verdict.category == "weapons" and gate.halt.tokens == 8
 
 

@@ -32,8 +32,11 @@ from constitutional.classifiers.screening import Verdict
 from constitutional.errors import InputError
 from constitutional.models.base import Message
 from constitutional.models.hf import TransformersModel
-from constitutional.models.kvcache import KeysValues, left_padded
+from constitutional.models.kvcache import KeysValues, KeyValueStore, left_padded
 from constitutional.models.prefix import shared_length
+
+# SmolLM2-135M cut after layer 15 keeps 12 KB per token in bfloat16: 64 MiB holds ~5,000 tokens of conversations.
+CONVERSATION_STORE_BYTES = 2**26
 
 # ---- the head ----------------------------------------------------------------------------------------------------
 
@@ -132,6 +135,7 @@ class StreamModel:
         self.module = feature_module(backbone.model, layer)
         self.fingerprint = backbone_fingerprint(backbone.model, layer)
         self._encoding = threading.Lock()  # one thread at a time in the fast tokenizer (see InputModel)
+        self.conversations = KeyValueStore(CONVERSATION_STORE_BYTES)  # read by the streams' thread only
 
     # rendering: the prompt exactly as the transformers backend renders it for generation
     def prefix_ids(self, conversation: Sequence[Message]) -> list[int]:
@@ -186,6 +190,13 @@ class StreamModel:
 
     def start(self, conversation: Sequence[Message]) -> AnswerScorer:
         return AnswerScorer(self, self.prefix_ids(conversation))
+
+    def remember(self, conversation: list[int], past: KeysValues) -> None:
+        """Keep the keys and values of a conversation just read, for the answers to conversations that begin alike
+        (a shared system prompt, the earlier turns of a chat, a client's retry) to start from."""
+        length = len(conversation)
+        keys_values = torch.stack([torch.stack([keys[:, :length], values[:, :length]]) for keys, values in past])
+        self.conversations.add(conversation, keys_values)
 
     def push_batch(
         self, pushes: Sequence[tuple[AnswerScorer, Sequence[str]]]
@@ -302,6 +313,7 @@ class _Step:
     keep: int  # answer tokens read before that the new tokenization keeps
     past: KeysValues | None  # the cache rolled back to those tokens (views; the scorer's own stays as it was)
     unread: list[int]  # ids to read after `past`: the conversation first, on the first push
+    conversation_stored: int | None  # on the first push, the conversation's tokens that came from the store
 
 
 class AnswerScorer:
@@ -338,11 +350,16 @@ class AnswerScorer:
         text = self.text + "".join(texts)
         ids, token_ends = self.classifier.answer_tokens(text)
         keep = shared_length(self.ids, ids)
-        prefix_read = len(self.prefix) if self.past is not None else 0
-        past = first_tokens(self.past, prefix_read + keep)
-        unread = ([] if prefix_read else self.prefix) + ids[keep:]
+        stored = None
+        if self.past is None:  # the first push reads the conversation too, from where what the store holds ends
+            past = self.classifier.conversations.longest(self.prefix, len(self.prefix), minimum=1)
+            stored = read_length(past)
+            unread = self.prefix[stored:] + ids[keep:]
+        else:
+            past = first_tokens(self.past, len(self.prefix) + keep)
+            unread = ids[keep:]
         piece_ends = list(accumulate((len(piece) for piece in texts), initial=len(self.text)))[1:]
-        return _Step(text, ids, token_ends, piece_ends, keep, past, unread)
+        return _Step(text, ids, token_ends, piece_ends, keep, past, unread, stored)
 
     def commit(self, step: _Step, read: tuple[KeysValues, torch.Tensor] | None) -> list[tuple[Verdict, int]]:
         """Take a planned push and what reading it gave (None: nothing was new); per piece, verdict and tokens."""
@@ -354,6 +371,8 @@ class AnswerScorer:
             answer_features = features[len(features) - (len(step.ids) - step.keep) :]
             self.scores += self.classifier.token_scores(answer_features)
             self.ids = step.ids
+        if step.conversation_stored is not None and step.conversation_stored < len(self.prefix):
+            self.classifier.remember(self.prefix, self.past)
         results = []
         for end in step.piece_ends:
             scored = bisect_right(step.token_ends, end)

@@ -13,7 +13,7 @@ UPSTREAM_KEY_ENV = "CAI_GUARD_UPSTREAM_API_KEY"
 API_KEY_ENV = "CAI_GUARD_API_KEY"
 DEFAULT_REFUSAL = "I can't help with that."
 DEFAULT_HOLD_BACK = 8
-DEFAULT_STEP_TOKENS = 16
+DEFAULT_STEP_TOKENS = 32
 
 
 class GuardSettings(BaseModel):
@@ -42,11 +42,12 @@ class GuardSettings(BaseModel):
         default=DEFAULT_STEP_TOKENS,
         ge=1,
         description="Tokens of answer text (in the output classifier's tokenizer) collected, unsent, before one "
-        "classifier step scores them together; the answer's end is scored whatever its length. A trained "
-        "classifier's step costs a fixed part and a part per token (SmolLM2-135M on one thread: 31 ms for 1 token, "
-        "70 ms for 16), so longer steps cost less per token but delay the first token, which waits for hold-back "
-        "+ 1 tokens rounded up to whole steps, plus one step: 16 tokens with the default hold-back of 8, as a step "
-        "of 8 would, at half the steps. 1: each piece scored as it comes.",
+        "classifier step scores them together; an answer's first step is hold-back + 1 tokens (all its first "
+        "token needs to go out) and its end is scored whatever its length. A trained classifier's step reads all "
+        "its weights whatever the tokens (SmolLM2 cut after layer 15, bf16, one thread: 14 ms for 1 token, 18 ms "
+        "for 16, 28 ms for 32), memory traffic the model server on the same machine feels; so longer steps cost "
+        "it less, and the text after the first token then comes in bursts of this many tokens. 1: each piece "
+        "scored as it comes.",
     )
     classifier_threads: int = Field(
         default=1,

@@ -57,11 +57,11 @@ class KeyValueStore:
             _, (_, dropped) = self._entries.popitem(last=False)
             self._bytes -= dropped.numel() * dropped.element_size()
 
-    def longest(self, tokens: Sequence[int], limit: int) -> KeysValues | None:
+    def longest(self, tokens: Sequence[int], limit: int, minimum: int = MIN_SHARED_TOKENS) -> KeysValues | None:
         """Keys and values of the longest stored beginning of `tokens`, at most `limit` tokens; None if shorter than
-        MIN_SHARED_TOKENS (a short reuse saves less than the padding it brings to the batch)."""
+        `minimum` (for generation, a short reuse saves less than the padding it brings to the batch)."""
         query = np.asarray(tokens[:limit], dtype=np.int64)
-        best, best_length = None, MIN_SHARED_TOKENS - 1
+        best, best_length = None, minimum - 1
         for key, (stored, _) in self._entries.items():
             n = min(len(stored), len(query))
             if n <= best_length:
