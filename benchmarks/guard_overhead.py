@@ -15,10 +15,12 @@ request to its first content chunk. An answer the guard halts (`halted`: on thes
 brings fewer tokens, which counts against the guard's tokens/s; the wall time beside it shows what the guard's
 scoring itself cost. The CPU seconds each server process used during each arm show where the time went, and the
 guard's CPU per relayed token is its own cost, whatever else the machine is running. The last line is the guard's
-tokens/s overhead at concurrency 8.
+tokens/s overhead at concurrency 8. By default the two servers share the machine's cores; `--own-cores` pins the
+model server to core 0 and the guard to core 1 in both arms (llama-cpp-python decodes on one thread by default).
 
-    .venv/bin/python benchmarks/guard_overhead.py                     # 16 prompts, 64 tokens each
+    .venv/bin/python benchmarks/guard_overhead.py                     # 16 prompts, 64 tokens each, 3 rounds
     .venv/bin/python benchmarks/guard_overhead.py --classifiers runs/classifiers/model
+    .venv/bin/python benchmarks/guard_overhead.py --classifiers runs/classifiers/model --own-cores
     .venv/bin/python benchmarks/guard_overhead.py --classifiers runs/classifiers/model --step-tokens 1  # as before
 """
 
@@ -120,6 +122,12 @@ def main() -> None:
         default=defaults["classifier_threads"].default,
         help="torch threads of trained classifiers",
     )
+    parser.add_argument(
+        "--own-cores",
+        action="store_true",
+        help="the model server on core 0 and the guard on core 1 (taskset), in both arms: a guard with a core of its "
+        "own, as in a deployment, instead of both sharing the two cores",
+    )
     args = parser.parse_args()
     prompts = [record.messages[-1]["content"] for record in load_prompts(PROMPTS)[0][: args.prompts]]
     scratch = Path(tempfile.mkdtemp(prefix="guard-overhead-"))
@@ -130,7 +138,9 @@ def main() -> None:
             port = free_port()
             upstream = f"http://127.0.0.1:{port}/v1"
             server = stack.enter_context(
-                server_process(llama_server(port), f"{upstream}/models", scratch / "llama.log")
+                server_process(
+                    pinned(llama_server(port), args.own_cores and "0"), f"{upstream}/models", scratch / "llama.log"
+                )
             )
             processes["model server"] = psutil.Process(server.pid)
         guard_port = free_port()
@@ -145,7 +155,9 @@ def main() -> None:
         )
         guarded = f"http://127.0.0.1:{guard_port}/v1"
         guard = stack.enter_context(
-            server_process(command, f"http://127.0.0.1:{guard_port}/health", scratch / "guard.log")
+            server_process(
+                pinned(command, args.own_cores and "1"), f"http://127.0.0.1:{guard_port}/health", scratch / "guard.log"
+            )
         )
         processes["guard"] = psutil.Process(guard.pid)
         parts: dict[tuple[int, str], list[Arm]] = {}
@@ -165,6 +177,10 @@ def print_rounds(direct: list[Arm], guard: list[Arm]) -> None:
     rounds = [(merged(direct[i : i + 2]), merged(guard[i : i + 2])) for i in range(0, len(direct), 2)]
     overheads = [(1 - g.tokens_per_second / d.tokens_per_second) * 100 for d, g in rounds]
     Console().print("overhead at concurrency 8, per round: " + ", ".join(f"{o:.1f}%" for o in overheads))
+
+
+def pinned(command: list[str], cores: str | bool) -> list[str]:
+    return ["taskset", "-c", cores, *command] if cores else command
 
 
 def cpu_seconds(process: psutil.Process) -> float:
