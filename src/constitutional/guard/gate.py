@@ -172,10 +172,10 @@ class OutputGate(Generic[Payload]):
     def _settle(self, outcomes: Sequence[Outcome]) -> list[Payload]:
         """Hold or release the taken pieces one by one, as if they had come one at a time: up to a flag, the same
         pieces go out."""
-        steps = self._piece_steps(outcomes)
+        per_piece = self._per_piece(outcomes)
         pieces, self._taken = self._taken, []
         released: list[Payload] = []
-        for piece, (tokens, halt) in zip(pieces, steps, strict=True):
+        for piece, (tokens, halt) in zip(pieces, per_piece, strict=True):
             for choice, text in piece.texts.items():
                 if text:
                     self.scored.setdefault(choice, []).append(text)
@@ -188,7 +188,7 @@ class OutputGate(Generic[Payload]):
             released.extend(self._release())
         return released
 
-    def _piece_steps(self, outcomes: Sequence[Outcome]) -> list[tuple[int, Halt | None]]:
+    def _per_piece(self, outcomes: Sequence[Outcome]) -> list[tuple[int, Halt | None]]:
         """Per taken piece, the tokens it added across choices and the halt it caused, if any."""
         steps: list[tuple[int, Halt | None]] = [(0, None)] * len(self._taken)
         for (choice, indices, before), outcome in zip(self._choices, outcomes, strict=True):
@@ -233,7 +233,7 @@ class OutputGate(Generic[Payload]):
         return released
 
 
-Entry = tuple["OutputGate[Payload]", Sequence[Piece[Payload]], bool]  # a gate, its next pieces, whether last
+Entry = tuple[OutputGate[Payload], Sequence[Piece[Payload]], bool]  # a gate, its next pieces, whether last
 
 
 def score_together(entries: Sequence[Entry]) -> list[list[Payload]]:
