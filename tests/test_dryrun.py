@@ -163,9 +163,10 @@ def test_the_memory_estimate_is_the_hand_computed_sum(tmp_path, tiny_model_path,
     linear = [*attention, (mlp, hidden), (mlp, hidden), (hidden, mlp)]  # gate, up, down
     parameters = 2 * vocab * hidden + layers * (sum(o * i for o, i in linear) + 2 * hidden) + hidden
     assert read_shape(tiny_model_path).parameters == parameters
-    # sl_generate, float32: the weights, and keys + values for 8 sequences of 1024 prompt + 6 new tokens.
+    # sl_generate, float32: the weights, and keys + values for 8 sequences of 1024 prompt + 6 new tokens, and the
+    # store of what earlier generation calls read, at its budget.
     assert rows["sl_generate"].weights == 4 * parameters
-    assert rows["sl_generate"].kv == 2 * layers * 8 * (1024 + 6) * kv * 4
+    assert rows["sl_generate"].kv == 2 * layers * 8 * (1024 + 6) * kv * 4 + 2**30
     # sl_train, LoRA rank 4: float32 weights; each adapter value held with its gradient and two Adam moments.
     adapters = layers * sum(4 * (o + i) for o, i in linear)
     assert rows["sl_train"].weights == 4 * parameters and rows["sl_train"].training == 16 * adapters

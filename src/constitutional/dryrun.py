@@ -259,6 +259,8 @@ def _row(use: Use, plan: Plan, run_dir: Path) -> Row:
         row.training = memory.training_state_bytes(shape, use.lora_rank, shape.hidden if use.score_head else 0)
     if use.sequences and use.tokens:
         row.kv = memory.kv_cache_bytes(shape, use.sequences, use.tokens, use.dtype)
+        if use.work == "generates" and use.spec.backend == "transformers":
+            row.kv += memory.GENERATION_STORE_BYTES  # the store fills up over a stage's calls
     return row
 
 

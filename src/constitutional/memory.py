@@ -9,7 +9,8 @@ weights file), so a 70B model is sized as fast as a tiny one. The estimates coun
   trained: rank x (inputs + outputs) values per linear layer (every linear layer but the output head, as peft's
   "all-linear" picks), plus whatever is trained in full beside them (a preference model's score head);
 - KV cache: keys and values of every layer for every sequence of a batch: 2 x layers x sequences x tokens x
-  key/value width (key/value heads x head size, the hidden size unless the model shares heads) x bytes per value.
+  key/value width (key/value heads x head size, the hidden size unless the model shares heads) x bytes per value;
+  generating on the transformers backend adds the store of what earlier calls read, counted at its full budget.
 
 Activations are left out: they depend on the batch's real lengths and on activation checkpointing.
 """
@@ -27,6 +28,11 @@ BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GRADIENT_AND_ADAM = 12  # float32 gradient + Adam's first and second moments, per trained value
 # 2-D weights that are not linear layers LoRA adapts: token and position embeddings, the output head.
 _NOT_ADAPTED = ("embed", "wte", "wpe", "lm_head", "score")
+# The transformers backend keeps the keys and values of the sequences its generation calls read, for prompts that
+# continue them (models.kvcache.KeyValueStore), up to this budget. SmolLM2-135M keeps 23 KB per token (30 layers x
+# keys and values x 3 heads x 64 x 2 bytes): 1 GiB holds ~46k tokens, the demo's 40-prompt chunk of ~600-token
+# sequences three times over. A 7B model (128 KB per token) keeps ~8k.
+GENERATION_STORE_BYTES = 2**30
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from constitutional.cli.common import out
-from constitutional.memory import gib
+from constitutional.memory import GENERATION_STORE_BYTES, gib
 
 
 def dry_run(recipe_path: Path, args: list[str], stages: str | None) -> None:
@@ -54,8 +54,10 @@ def print_plan(plan, recipe_path: Path) -> None:
             )
         out.print(table)
     out.print(
-        f"Per process. KV cache: {PROMPT_TOKENS} prompt tokens per sequence + the tokens generated. Activations are "
-        "not counted; ZeRO-2 divides grads+optimizer by the number of processes, ZeRO-3 the weights too.",
+        f"Per process. KV cache: {PROMPT_TOKENS} prompt tokens per sequence + the tokens generated, and for "
+        f"generation on the transformers backend the {gib(GENERATION_STORE_BYTES)} store of what earlier calls read. "
+        "Activations are not counted; ZeRO-2 divides grads+optimizer by the number of processes, ZeRO-3 the weights "
+        "too.",
         highlight=False,
         soft_wrap=True,
     )

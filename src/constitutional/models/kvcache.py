@@ -23,19 +23,17 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from constitutional.memory import GENERATION_STORE_BYTES
 from constitutional.models.prefix import MIN_SHARED_TOKENS
 
 # Each layer's keys and values for some positions of one row, (heads, tokens, head_dim) each.
 KeysValues = list[tuple[torch.Tensor, torch.Tensor]]
-# SmolLM2-135M keeps 23 KB per token (30 layers x keys and values x 3 heads x 64 x 2 bytes): 1 GiB holds ~46k tokens,
-# the demo's 40-prompt chunk of ~600-token sequences three times over. A 7B model (128 KB per token) keeps ~8k.
-STORE_BYTES = 2**30
 
 
 class KeyValueStore:
     """The keys and values of sequences read recently, up to a budget of bytes; the oldest used go first."""
 
-    def __init__(self, budget: int = STORE_BYTES):
+    def __init__(self, budget: int = GENERATION_STORE_BYTES):
         self.budget = budget
         self._entries: OrderedDict[int, tuple[np.ndarray, torch.Tensor]] = OrderedDict()
         self._bytes = 0
