@@ -51,6 +51,10 @@ class AnswerStream(Protocol):
         ...
 
 
+Push = tuple[AnswerStream, Sequence[str]]  # a stream, and the texts of one step for its `push_many`
+Outcome = list[tuple[Verdict, int]] | Exception  # what one push gave: its (verdict, tokens) per text, or an error
+
+
 class OutputClassifier(Protocol):
     threshold: float
 
@@ -58,13 +62,11 @@ class OutputClassifier(Protocol):
         """Begin scoring an answer to `conversation`; each push costs one step on the cached prefix."""
         ...
 
-    def push_batch(
-        self, pushes: Sequence[tuple[AnswerStream, Sequence[str]]]
-    ) -> list[list[tuple[Verdict, int]] | Exception]:
+    def push_batch(self, pushes: Sequence[Push]) -> list[Outcome]:
         """`stream.push_many(texts)` for each (stream, texts) of this classifier's streams, in order; a push that
         raised gives its exception, so one stream's failure leaves the others scored. A model scores them all in one
         step (the guard batches the streams that are waiting); by default, one push_many each."""
-        outcomes: list[list[tuple[Verdict, int]] | Exception] = []
+        outcomes: list[Outcome] = []
         for stream, texts in pushes:
             try:
                 outcomes.append(stream.push_many(texts))

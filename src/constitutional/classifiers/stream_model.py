@@ -28,7 +28,7 @@ from torch import nn
 
 from constitutional.classifiers.metrics import AnswerTrace
 from constitutional.classifiers.records import ClassifierExample
-from constitutional.classifiers.screening import Verdict
+from constitutional.classifiers.screening import Outcome, Verdict
 from constitutional.errors import InputError
 from constitutional.models.base import Message
 from constitutional.models.hf import TransformersModel
@@ -198,9 +198,7 @@ class StreamModel:
         keys_values = torch.stack([torch.stack([keys[:, :length], values[:, :length]]) for keys, values in past])
         self.conversations.add(conversation, keys_values)
 
-    def push_batch(
-        self, pushes: Sequence[tuple[AnswerScorer, Sequence[str]]]
-    ) -> list[list[tuple[Verdict, int]] | Exception]:
+    def push_batch(self, pushes: Sequence[tuple[AnswerScorer, Sequence[str]]]) -> list[Outcome]:
         """Each (scorer, pieces) pushed as `push_many` would, all in one batched forward pass: the guard scores the
         steps of every stream that came while its last pass ran together, at far less than a pass each (SmolLM2 cut
         after layer 15, bf16, one thread: 8 streams' steps of 16 tokens in one pass cost 0.46 ms per token, one
@@ -214,7 +212,7 @@ class StreamModel:
         except Exception:
             reads = [_attempt(lambda row: self.read([row])[0], row) for row in rows]
         read_of = dict(zip(reading, reads, strict=True))
-        outcomes: list[list[tuple[Verdict, int]] | Exception] = []
+        outcomes: list[Outcome] = []
         for index, ((scorer, _), step) in enumerate(zip(pushes, steps, strict=True)):
             read = read_of.get(index)
             failure = next((item for item in (step, read) if isinstance(item, Exception)), None)

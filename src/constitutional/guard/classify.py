@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from constitutional.classifiers.screening import InputClassifier, OutputClassifier, Verdict
-from constitutional.guard.gate import Outcome, OutputGate, Payload, Piece, Push, push_together
+from constitutional.classifiers.screening import InputClassifier, Outcome, OutputClassifier, Push, Verdict
+from constitutional.guard.gate import OutputGate, Payload, Piece, push_together
 from constitutional.guard.metrics import GuardMetrics
 from constitutional.guard.settings import GuardSettings
 from constitutional.models.base import Message

@@ -26,12 +26,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from constitutional.classifiers.screening import AnswerStream, OutputClassifier, Verdict
+from constitutional.classifiers.screening import AnswerStream, Outcome, OutputClassifier, Push, Verdict
 from constitutional.models.base import Message
 
 Payload = TypeVar("Payload")
-Push = tuple[AnswerStream, list[str]]  # a stream, and the texts of one step for its `push_many`
-Outcome = list[tuple[Verdict, int]] | Exception  # what one push gave: its (verdict, tokens) per text, or an error
 
 
 @dataclass
